@@ -1,0 +1,105 @@
+"""Where a repository's bytes live: one small interface, one module per URL scheme.
+
+Every backend stores the same keys (see dogestry-repository(5)); the repository layer
+above never knows which one it talks to. The contract, which tests/test_backend_contract.py
+runs against every backend:
+
+- keys are `/`-separated relative paths checked by `check_key`;
+- `get`/`open` raise NotFound for a missing key, StorageError for anything else;
+- `put`/`put_file` are atomic: a reader sees the whole object or nothing;
+- with overwrite=False they are write-once: an existing key is left alone and False
+  is returned (the object is content-addressed, so the existing copy is the same);
+- `list(prefix)` yields every complete key under prefix, never a temporary.
+"""
+
+import os
+import re
+import tempfile
+from urllib.parse import urlsplit
+
+from ..errors import NotFound, UsageError  # noqa: F401  (NotFound is part of the contract)
+
+_KEY_RE = re.compile(r"^[A-Za-z0-9_.:@+-]+(?:/[A-Za-z0-9_.:@+-]+)*$")
+
+
+def check_key(key):
+    """Refuse keys that could escape the repository or collide with temporaries."""
+    if not _KEY_RE.match(key) or any(part in (".", "..") or part.startswith(".") for part in key.split("/")):
+        raise UsageError(f"invalid object key {key!r}")
+    return key
+
+
+class Backend:
+    """Base class; a backend fills in the storage primitives."""
+
+    kind = "?"
+
+    def __init__(self, url, temp_dir=None):
+        self.url = url
+        self.temp_dir = temp_dir
+
+    # -- primitives every backend implements --------------------------------------
+    def get(self, key):
+        raise NotImplementedError
+
+    def open(self, key):
+        """A binary reader (read(n), close()) of the object's bytes."""
+        raise NotImplementedError
+
+    def exists(self, key):
+        raise NotImplementedError
+
+    def put(self, key, data, overwrite=False):
+        raise NotImplementedError
+
+    def list(self, prefix=""):
+        raise NotImplementedError
+
+    def delete(self, key):
+        raise NotImplementedError
+
+    # -- defaults a backend may improve on ----------------------------------------
+    def put_file(self, key, path, overwrite=False):
+        """Store the file at `path` under `key` and remove `path` (it was a spool file)."""
+        try:
+            with open(path, "rb") as f:
+                return self.put(key, f.read(), overwrite=overwrite)
+        finally:
+            os.unlink(path)
+
+    def spool(self):
+        """A temporary file for bytes whose key is only known once they are all read.
+
+        Local directories spool inside the repository so `put_file` is a rename.
+        """
+        return tempfile.NamedTemporaryFile(dir=self.temp_dir, prefix="dogestry-", delete=False)
+
+    def location(self):
+        return self.url
+
+    def close(self):
+        pass
+
+
+def _local(url, temp_dir):
+    from .local import LocalBackend
+
+    return LocalBackend(url, temp_dir=temp_dir)
+
+
+# One place decides which module serves a URL (dulwich's get_transport_and_path).
+SCHEMES = {"file": _local}
+
+
+def open_backend(url, temp_dir=None):
+    """A backend for a repository URL or a local path."""
+    if "://" not in url:
+        if not url:
+            raise UsageError("empty repository location")
+        return _local(url, temp_dir)
+    scheme = urlsplit(url).scheme.lower()
+    factory = SCHEMES.get(scheme)
+    if factory is None:
+        supported = ", ".join(f"{s}://" for s in SCHEMES)
+        raise UsageError(f"unsupported repository URL scheme {scheme!r} in {url!r}; supported: a path, {supported}")
+    return factory(url, temp_dir)

@@ -1,0 +1,123 @@
+"""build-load-tar: write a `docker load` tar of images from a repository, or load it.
+
+Input: IMAGE-ID arguments (with --tag for a single image) and/or ref records on stdin
+with --stdin (`<image-id> [<name>:<tag>]`, as resolve-ref prints).
+"""
+
+import sys
+
+from ..dockertar import LoadImage, load_tar_chunks
+from ..errors import DogestryError, EngineError, UsageError
+from ..records import read_records, write_record
+from ..refs import parse_ref
+from .walk_ancestry import missing_layers
+
+SUMMARY = "write a docker-load tar of images, or stream it into the engine"
+
+
+def add_arguments(p):
+    p.add_argument("repo", metavar="REPO", help="repository: config alias, path or URL")
+    p.add_argument("image_ids", metavar="IMAGE-ID", nargs="*", help="image id (or unique prefix)")
+    p.add_argument("--tag", metavar="NAME:TAG", action="append", default=[],
+                   help="tag the image with NAME:TAG (repeatable; needs exactly one IMAGE-ID)")
+    p.add_argument("--stdin", action="store_true", help="read ref records `<image-id> [<name>:<tag>]` from stdin")
+    p.add_argument("--missing-in-docker", action="store_true",
+                   help="leave out layers the engine already has; only tag images it already has")
+    p.add_argument("--load", action="store_true", help="stream the tar into the engine instead of stdout")
+    p.add_argument("-z", dest="nul", action="store_true", help="NUL-terminated input records")
+
+
+def _engine_image_id(engine, record, load_image):
+    """The engine's id for this image if it has it: config digest, or manifest digest (containerd)."""
+    from ..digests import sha256_digest
+
+    for candidate in (record.id, sha256_digest(load_image.oci_manifest())):
+        found = engine.inspect(candidate)
+        if found is not None:
+            return found["Id"]
+    return None
+
+
+def plan(ctx, repo, items, missing_in_docker):
+    """Decide what to send: (LoadImage list, [(engine id, tags)] that only need tagging)."""
+    engine = ctx.engine if missing_in_docker else None
+    chains = engine.layer_chains() if engine is not None else None
+    to_load, to_tag = [], []
+    merged = {}
+    for image_id, tags in items:
+        merged.setdefault(image_id, [])
+        merged[image_id] += [t for t in tags if t not in merged[image_id]]
+    for image_id, tags in merged.items():
+        record = repo.get_image(image_id)
+        config = repo.get_config(image_id)
+        include = {layer.diff_id for layer in record.layers}
+        image = LoadImage(config, record.layers, include, tags)
+        if engine is not None:
+            present = _engine_image_id(engine, record, image)
+            if present:
+                ctx.detail(f"skipped image {image_id}: the engine has it")
+                to_tag.append((present, tags))
+                continue
+            image.include = {layer.diff_id for layer in missing_layers(engine, record, chains)}
+            for layer in record.layers:
+                if layer.diff_id not in image.include:
+                    ctx.detail(f"skipped layer {layer.diff_id}: the engine has it")
+        to_load.append(image)
+    return to_load, to_tag
+
+
+def load_images(ctx, repo, items, missing_in_docker=True):
+    """Load [(image_id, [Ref])] into the engine, sending only what it lacks; tag them."""
+    to_load, to_tag = plan(ctx, repo, items, missing_in_docker)
+    if to_load:
+        try:
+            ctx.engine.load(load_tar_chunks(to_load, repo.layer_chunks))
+        except EngineError as err:
+            # The containerd store cannot use a layer it holds under another digest
+            # (compressed, from a registry or a build): send that image whole instead.
+            if not ctx.engine.uses_containerd_store() or "not found" not in str(err):
+                raise
+            ctx.detail(f"the engine's content store lacks a skipped layer; sending the images whole ({err})")
+            for image in to_load:
+                image.include = {layer.diff_id for layer in image.layers}
+            ctx.engine.load(load_tar_chunks(to_load, repo.layer_chunks))
+    for engine_id, tags in to_tag:
+        for tag in tags:
+            ctx.engine.tag(engine_id, tag)
+    return to_load, to_tag
+
+
+def write_tar(ctx, repo, items, out, missing_in_docker=False):
+    to_load, to_tag = plan(ctx, repo, items, missing_in_docker)
+    for chunk in load_tar_chunks(to_load, repo.layer_chunks):
+        out.write(chunk)
+    out.flush()
+    return to_load, to_tag
+
+
+def run(ctx, args):
+    repo = ctx.repo(args.repo)
+    tags = [parse_ref(t) for t in args.tag]
+    if tags and len(args.image_ids) != 1:
+        raise UsageError("--tag needs exactly one IMAGE-ID; for several images use --stdin with ref records")
+    items = [(repo.resolve(text)[0], tags) for text in args.image_ids]
+    if args.stdin:
+        for fields in read_records(ctx.inp, args.nul):
+            image_id = repo.resolve(fields[0])[0]
+            items.append((image_id, [parse_ref(f) for f in fields[1:2]]))
+    if not items:
+        raise UsageError("name at least one IMAGE-ID (or use --stdin)")
+    if args.load:
+        load_images(ctx, repo, items, args.missing_in_docker)
+    else:
+        out = ctx.out.buffer if hasattr(ctx.out, "buffer") else ctx.out
+        if out is sys.stdout.buffer and sys.stdout.isatty():
+            raise UsageError("refusing to write a tar to a terminal; redirect stdout or use --load")
+        _, to_tag = write_tar(ctx, repo, items, out, args.missing_in_docker)
+        if to_tag:
+            raise DogestryError("the engine already has " + ", ".join(i for i, _ in to_tag) +
+                                "; use --load to tag it, or leave out --missing-in-docker")
+    return 0
+
+
+__all__ = ["load_images", "write_tar", "write_record"]

@@ -1,0 +1,51 @@
+"""push: send images and their tags from the engine to a remote.
+
+Equivalent plumbing pipeline:
+    dogestry save-to-repo REMOTE IMAGE... | dogestry update-ref --stdin REMOTE
+push adds one thing the pipeline lacks: when the remote already holds an image whole,
+it only writes the ref and never asks the engine for a `docker save`.
+"""
+
+import time
+
+from ..records import write_record
+from ..refs import looks_like_id, parse_ref
+from .save_to_repo import _is_ref_in_engine, save_images
+from .update_ref import update
+
+SUMMARY = "push images (and their tags) to a remote"
+
+
+def add_arguments(p):
+    p.add_argument("remote", metavar="REMOTE", help="remote: config alias, path or URL")
+    p.add_argument("images", metavar="IMAGE", nargs="+", help="name[:tag] (tag defaults to latest) or image id")
+
+
+def push(ctx, remote, names):
+    """Push names to remote; return [(image_id, Ref or None)]."""
+    repo = ctx.repo(remote)
+    started = time.monotonic()
+    done, to_save = [], []
+    for name in names:
+        ref = None if looks_like_id(name) and not _is_ref_in_engine(ctx, name) else parse_ref(name)
+        found = ctx.engine.require(str(ref) if ref else name)
+        # Graphdriver engines name an image by its config digest, which is our image id:
+        # when the remote holds it whole there is nothing to export.
+        if repo.has_image(found["Id"]) and not repo.missing_objects(repo.get_image(found["Id"])):
+            ctx.detail(f"skipped {ref or found['Id']}: {repo.location} already has image {found['Id']}")
+            done.append((found["Id"], ref))
+        else:
+            to_save.append(name)
+    if to_save:
+        done += save_images(ctx, repo, to_save)
+    for image_id, ref in done:
+        if ref is not None:
+            update(repo, ref, image_id)
+    ctx.info(f"pushed {len(done)} image(s) to {repo.location} in {time.monotonic() - started:.1f}s")
+    return done
+
+
+def run(ctx, args):
+    for image_id, ref in push(ctx, args.remote, args.images):
+        write_record(ctx.out, [image_id] + ([ref] if ref else []))
+    return 0

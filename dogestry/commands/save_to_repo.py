@@ -1,0 +1,136 @@
+"""save-to-repo: export images from the engine (or a save tar) into a repository.
+
+Output, one ref record per image: `<image-id> [<name>:<tag>]`.
+"""
+
+import sys
+
+from ..dockertar import NotATar, scan_save_stream
+from ..errors import DogestryError, UsageError
+from ..records import write_record
+from ..refs import looks_like_id, parse_ref
+from ..repo import ImageRecord
+
+SUMMARY = "export images from the engine into a repository, storing only what it lacks"
+
+
+def add_arguments(p):
+    p.add_argument("repo", metavar="REPO", help="repository: config alias, path or URL")
+    p.add_argument("images", metavar="IMAGE", nargs="*", help="name[:tag] or image id in the engine")
+    p.add_argument("--input", metavar="FILE", help="read a `docker save` tar from FILE (- for stdin) instead of the engine")
+    p.add_argument("-z", dest="nul", action="store_true", help="terminate output records with NUL")
+
+
+class _Stored:
+    def __init__(self, desc):
+        self.desc = desc
+        self.diff_id = desc.diff_id
+
+
+def store_save_stream(ctx, repo, stream):
+    """Read a save stream into repo; return [SavedImage] whose layers are all stored."""
+    counts = {"stored": 0, "skipped": 0}
+
+    def store_layer(chunks, expect):
+        existed_before = expect is not None and repo.has_layer(expect)
+        if existed_before:
+            for _ in chunks:
+                pass
+            counts["skipped"] += 1
+            return _Stored(repo.layer_descriptor(expect))
+        desc = repo.store_layer(chunks, expect)
+        counts["stored"] += 1
+        ctx.detail(f"stored layer {desc.diff_id} ({desc.uncompressed_size} bytes, {desc.codec} {desc.size})")
+        return _Stored(desc)
+
+    def have_layer(diff_id):
+        if repo.has_layer(diff_id):
+            counts["skipped"] += 1
+            ctx.detail(f"skipped layer {diff_id}: {repo.location} has it")
+            return True
+        return False
+
+    try:
+        images = scan_save_stream(stream, store_layer, have_layer)
+    except NotATar as err:
+        raise DogestryError(f"cannot read the image export: {err}") from None
+    for image in images:
+        layers = []
+        for result in image.layer_results:
+            layers.append(result.desc if isinstance(result, _Stored) else repo.layer_descriptor(result.diff_id))
+        repo.put_config(image.config)
+        repo.put_image(ImageRecord(image.id, len(image.config), layers))
+        ctx.detail(f"stored image {image.id}")
+    return images
+
+
+def _match(images, wanted, found):
+    """Find the saved image a requested argument names."""
+    image_id, ref = wanted
+    for image in images:
+        if ref is not None and str(ref) in image.repo_tags:
+            return image
+    for image in images:
+        if image.id == found["Id"]:
+            return image
+    # The containerd store names images by manifest digest: match on the layer chain.
+    layers = (found.get("RootFS") or {}).get("Layers") or []
+    for image in images:
+        if image.diff_ids == layers:
+            return image
+    raise DogestryError(f"the engine's export does not contain {ref or image_id}")
+
+
+def save_images(ctx, repo, names):
+    """Export `names` from the engine into repo; return [(image_id, Ref or None)]."""
+    requested = []
+    for name in names:
+        ref = None if looks_like_id(name) and not _is_ref_in_engine(ctx, name) else parse_ref(name)
+        found = ctx.engine.require(str(ref) if ref else name)
+        requested.append(((found["Id"], ref), found))
+    save_names = list(dict.fromkeys(str(ref) if ref else found["Id"] for (_, ref), found in requested))
+    stream = ctx.engine.save(save_names)
+    try:
+        images = store_save_stream(ctx, repo, stream)
+    finally:
+        stream.close()
+    return [(_match(images, wanted, found).id, wanted[1]) for wanted, found in requested]
+
+
+def _is_ref_in_engine(ctx, name):
+    """A bare hex word is a name if the engine has an image by that name (docker's rule)."""
+    if name.startswith("sha256:"):
+        return False
+    try:
+        ref = parse_ref(name)
+    except UsageError:
+        return False
+    found = ctx.engine.inspect(str(ref))
+    return found is not None and any(t == str(ref) for t in found.get("RepoTags") or [])
+
+
+def run(ctx, args):
+    repo = ctx.repo(args.repo)
+    if args.input:
+        if args.images:
+            raise UsageError("give either --input or IMAGE arguments, not both")
+        if args.input == "-":
+            stream = sys.stdin.buffer
+        else:
+            try:
+                stream = open(args.input, "rb")
+            except OSError as err:
+                raise UsageError(f"cannot open {args.input}: {err.strerror}") from None
+        with stream:
+            images = store_save_stream(ctx, repo, stream)
+        results = []
+        for image in images:
+            refs = [parse_ref(t) for t in image.repo_tags] or [None]
+            results.extend((image.id, ref) for ref in refs)
+    else:
+        if not args.images:
+            raise UsageError("name at least one IMAGE, or use --input")
+        results = save_images(ctx, repo, args.images)
+    for image_id, ref in results:
+        write_record(ctx.out, [image_id] + ([ref] if ref else []), args.nul)
+    return 0

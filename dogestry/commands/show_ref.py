@@ -1,0 +1,19 @@
+"""show-ref: list refs as ref records `<image-id> <name>:<tag>`, sorted by name:tag."""
+
+from ..records import write_record
+
+SUMMARY = "list the refs of a repository"
+
+
+def add_arguments(p):
+    p.add_argument("repo", metavar="REPO", help="repository: config alias, path or URL")
+    p.add_argument("pattern", metavar="PATTERN", nargs="?", help="glob on name:tag or name (e.g. 'app:*')")
+    p.add_argument("-z", dest="nul", action="store_true", help="terminate output records with NUL")
+
+
+def run(ctx, args):
+    refs = ctx.repo(args.repo).list_refs(args.pattern)
+    for image_id, ref in refs:
+        write_record(ctx.out, [image_id, ref], args.nul)
+    # Like git show-ref: a pattern that matches nothing is a failure scripts can test.
+    return 1 if args.pattern and not refs else 0

@@ -1,0 +1,80 @@
+"""Streaming codecs for stored layers.
+
+A codec turns a stream of chunks into stored chunks and back. `lz4` is the lz4 frame
+format (fast enough to keep up with `docker save`); `none` stores the layer tar as is.
+The lz4 module is imported only when a codec is used, so commands that never touch
+layer bytes start fast.
+"""
+
+from .errors import DogestryError
+
+CODECS = ("lz4", "none")
+
+
+class _Identity:
+    def compress(self, data):
+        return data
+
+    def flush(self):
+        return b""
+
+    def decompress(self, data):
+        return data
+
+    def end(self):
+        return b""
+
+
+class _Lz4Compressor:
+    def __init__(self):
+        import lz4.frame
+
+        # Level 0 is lz4's fast mode: layers are mostly already-compressed files and
+        # text, where higher levels cost far more CPU than they save in bytes.
+        self._c = lz4.frame.LZ4FrameCompressor(compression_level=0, content_checksum=False)
+        self._started = False
+
+    def compress(self, data):
+        if not self._started:
+            self._started = True
+            return self._c.begin() + self._c.compress(data)
+        return self._c.compress(data)
+
+    def flush(self):
+        head = b"" if self._started else self._c.begin()
+        self._started = True
+        return head + self._c.flush()
+
+
+class _Lz4Decompressor:
+    def __init__(self):
+        import lz4.frame
+
+        self._d = lz4.frame.LZ4FrameDecompressor()
+
+    def decompress(self, data):
+        try:
+            return self._d.decompress(data)
+        except RuntimeError as err:
+            raise ValueError(f"lz4 frame is damaged: {err}") from None
+
+    def end(self):
+        if not self._d.eof:
+            raise ValueError("lz4 frame is truncated")
+        return b""
+
+
+def compressor(codec):
+    if codec == "lz4":
+        return _Lz4Compressor()
+    if codec == "none":
+        return _Identity()
+    raise DogestryError(f"unknown codec {codec!r}; this dogestry knows {', '.join(CODECS)}")
+
+
+def decompressor(codec):
+    if codec == "lz4":
+        return _Lz4Decompressor()
+    if codec == "none":
+        return _Identity()
+    raise DogestryError(f"unknown codec {codec!r}; this dogestry knows {', '.join(CODECS)}: upgrade dogestry")

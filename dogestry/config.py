@@ -1,0 +1,111 @@
+"""dogestry.cfg: a git-config-like INI file (dogestry.cfg(5)).
+
+    [remote "central"]
+      url = /srv/images
+    [docker]
+      connection = unix:///var/run/docker.sock
+    [compressor]
+      lz4 = true
+    [dogestry]
+      temp-dir = /var/tmp
+
+Looked up at --config FILE, else $DOGESTRY_CONFIG, else ./dogestry.cfg; no file is normal.
+We parse it ourselves because configparser treats git-style indented keys as continuation
+lines.
+"""
+
+import os
+import re
+
+from .errors import UsageError
+
+_SECTION_RE = re.compile(r'^\[\s*([A-Za-z0-9_.-]+)(?:\s+"((?:[^"\\]|\\.)*)")?\s*\]$')
+_KEY_RE = re.compile(r"^([A-Za-z][A-Za-z0-9_-]*)\s*(?:=\s*(.*))?$")
+_TRUE = {"true", "yes", "on", "1"}
+_FALSE = {"false", "no", "off", "0"}
+
+
+def _strip_comment(value):
+    out, quoted = [], False
+    for i, ch in enumerate(value):
+        if ch == '"':
+            quoted = not quoted
+            continue
+        if not quoted and ch in "#;" and (i == 0 or value[i - 1].isspace()):
+            break
+        out.append(ch)
+    return "".join(out).strip()
+
+
+class Config:
+    def __init__(self, values=None, path=None):
+        self.values = values or {}   # {(section, subsection): {key: value}}
+        self.path = path
+
+    @classmethod
+    def parse(cls, text, path="<config>"):
+        values, current = {}, None
+        for lineno, raw in enumerate(text.splitlines(), 1):
+            line = raw.strip()
+            if not line or line[0] in "#;":
+                continue
+            m = _SECTION_RE.match(line)
+            if m:
+                current = (m.group(1).lower(), m.group(2))
+                values.setdefault(current, {})
+                continue
+            m = _KEY_RE.match(line)
+            if not m or current is None:
+                raise UsageError(f"{path}:{lineno}: cannot parse {line!r}; expected [section] or key = value")
+            values[current][m.group(1).lower()] = _strip_comment(m.group(2) or "true")
+        return cls(values, path)
+
+    @classmethod
+    def load(cls, explicit=None, environ=os.environ):
+        path = explicit or environ.get("DOGESTRY_CONFIG")
+        if not path:
+            path = "dogestry.cfg"
+            if not os.path.exists(path):
+                return cls()
+        try:
+            with open(path, encoding="utf-8") as f:
+                return cls.parse(f.read(), path)
+        except FileNotFoundError:
+            raise UsageError(f"config file {path} does not exist") from None
+        except OSError as err:
+            raise UsageError(f"cannot read config file {path}: {err.strerror}") from None
+
+    def get(self, section, key, default=None, subsection=None):
+        return self.values.get((section, subsection), {}).get(key, default)
+
+    def get_bool(self, section, key, default):
+        value = self.get(section, key)
+        if value is None:
+            return default
+        if value.lower() in _TRUE:
+            return True
+        if value.lower() in _FALSE:
+            return False
+        raise UsageError(f"{self.path}: [{section}] {key} = {value!r} is not a boolean (true/false)")
+
+    def remotes(self):
+        return {sub: vals.get("url") for (sec, sub), vals in self.values.items() if sec == "remote" and sub}
+
+    def remote_url(self, name_or_url):
+        """A REMOTE argument: a config alias, else the path or URL itself."""
+        remotes = self.remotes()
+        if name_or_url in remotes:
+            url = remotes[name_or_url]
+            if not url:
+                raise UsageError(f"remote {name_or_url!r} in {self.path} has no url")
+            return url
+        return name_or_url
+
+    def docker_host(self, flag=None, environ=os.environ):
+        return flag or self.get("docker", "connection") or environ.get("DOCKER_HOST") or None
+
+    def codec(self):
+        return "lz4" if self.get_bool("compressor", "lz4", True) else "none"
+
+    def temp_dir(self):
+        return self.get("dogestry", "temp-dir")

@@ -1,0 +1,45 @@
+"""What every command gets: configuration, streams, verbosity, the engine and repositories.
+
+Porcelain and plumbing functions take a Context instead of printing or reading globals,
+so tests drive them in-process with their own streams (dulwich's outstream/errstream).
+"""
+
+import sys
+
+from .backends import open_backend
+from .config import Config
+from .engine import Engine
+from .repo import Repository
+
+
+class Context:
+    def __init__(self, config=None, docker_host=None, verbosity=0, out=None, err=None, codec=None, inp=None):
+        self.config = config or Config()
+        self.docker_host = self.config.docker_host(docker_host)
+        self.verbosity = verbosity
+        self.out = out or sys.stdout
+        self.err = err or sys.stderr
+        self.inp = inp or sys.stdin
+        self.codec = codec or self.config.codec()
+        self._engine = None
+
+    @property
+    def engine(self):
+        if self._engine is None:
+            self._engine = Engine(self.docker_host)
+        return self._engine
+
+    def repo(self, remote):
+        """A Repository for a REMOTE argument: config alias, path or URL."""
+        url = self.config.remote_url(remote)
+        return Repository(open_backend(url, temp_dir=self.config.temp_dir()), codec=self.codec)
+
+    def info(self, message):
+        """Progress and outcomes people read; silenced by -q."""
+        if self.verbosity >= 0:
+            print(message, file=self.err, flush=True)
+
+    def detail(self, message):
+        """Each decision (skipped, stored, verified); shown with -v."""
+        if self.verbosity > 0:
+            print(message, file=self.err, flush=True)

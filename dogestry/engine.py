@@ -1,0 +1,136 @@
+"""The narrow interface dogestry needs from a Docker engine.
+
+Only these calls touch the docker SDK, which is imported on first use so commands that
+never talk to an engine start fast. A fake with the same methods stands in for unit tests.
+"""
+
+import json
+
+from .digests import chain_ids
+from .errors import EngineError, NotFound
+
+DEFAULT_HOST = "unix:///var/run/docker.sock"
+
+
+def _friendly(err, host):
+    text = str(err)
+    if "No such file or directory" in text or "Connection refused" in text or "ConnectionError" in type(err).__name__:
+        return EngineError(f"cannot reach the Docker engine at {host}: is it running? (set --docker-host, "
+                           "[docker] connection or DOCKER_HOST)")
+    explanation = getattr(err, "explanation", None) or text
+    return EngineError(f"Docker engine at {host}: {explanation}")
+
+
+class Engine:
+    def __init__(self, host):
+        self.host = host or DEFAULT_HOST
+        self._api = None
+        self._info = None
+
+    @property
+    def api(self):
+        if self._api is None:
+            import docker
+            from docker.utils import kwargs_from_env
+
+            kwargs = {}
+            try:
+                kwargs = kwargs_from_env()  # TLS from DOCKER_TLS_VERIFY / DOCKER_CERT_PATH
+            except Exception as err:  # a bad cert path is a user error, say so plainly
+                raise EngineError(f"Docker TLS settings: {err}") from None
+            kwargs["base_url"] = self.host
+            # Saves and loads of large images run for minutes: no client-side timeout.
+            kwargs["timeout"] = None
+            try:
+                self._api = docker.APIClient(version="auto", **kwargs)
+            except Exception as err:
+                raise _friendly(err, self.host) from None
+        return self._api
+
+    def _call(self, fn, *args, **kwargs):
+        import docker.errors
+        import requests.exceptions
+
+        try:
+            return fn(*args, **kwargs)
+        except docker.errors.NotFound:
+            raise
+        except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as err:
+            raise _friendly(err, self.host) from None
+
+    def info(self):
+        if self._info is None:
+            self._info = self._call(self.api.info)
+        return self._info
+
+    def uses_containerd_store(self):
+        """True when images live in containerd's content store (docker 24+ snapshotter)."""
+        status = self.info().get("DriverStatus") or []
+        return any(k == "driver-type" and "snapshotter" in v for k, v in status)
+
+    def inspect(self, image):
+        """Image inspect dict, or None when the engine has no such image."""
+        import docker.errors
+
+        try:
+            return self._call(self.api.inspect_image, image)
+        except docker.errors.NotFound:
+            return None
+
+    def require(self, image):
+        found = self.inspect(image)
+        if found is None:
+            raise NotFound(f"image {image} not found in the Docker engine at {self.host}")
+        return found
+
+    def image_ids(self):
+        return [img["Id"] for img in self._call(self.api.images, all=True)]
+
+    def layer_chains(self):
+        """Chain ids of every layer the engine holds with everything below it."""
+        chains = set()
+        for image_id in self.image_ids():
+            found = self.inspect(image_id)
+            if found:
+                chains.update(chain_ids((found.get("RootFS") or {}).get("Layers") or []))
+        return chains
+
+    def save(self, names):
+        """A raw binary stream of `docker save names...`."""
+        api = self.api
+        res = self._call(api._get, api._url("/images/get"), params={"names": list(names)}, stream=True)
+        try:
+            api._raise_for_status(res)
+        except Exception as err:
+            raise _friendly(err, self.host) from None
+        res.raw.decode_content = True
+        return res.raw
+
+    def load(self, chunks):
+        """Stream a tar into `docker load`; fail on any in-stream error the engine reports."""
+        api = self.api
+        res = self._call(api._post, api._url("/images/load"), data=chunks, params={"quiet": "1"},
+                         headers={"Content-Type": "application/x-tar"}, stream=True)
+        try:
+            api._raise_for_status(res)
+        except Exception as err:
+            raise _friendly(err, self.host) from None
+        loaded = []
+        for line in res.iter_lines():
+            if not line.strip():
+                continue
+            try:
+                msg = json.loads(line)
+            except ValueError:
+                msg = {"stream": line.decode("utf-8", "replace")}
+            if msg.get("errorDetail") or msg.get("error"):
+                detail = (msg.get("errorDetail") or {}).get("message") or msg.get("error")
+                raise EngineError(f"docker load failed: {detail.strip()}")
+            text = msg.get("stream", "")
+            if "Error unpacking image" in text:
+                raise EngineError(f"docker load failed: {text.strip()}")
+            loaded.append(text.strip())
+        return loaded
+
+    def tag(self, image_id, ref):
+        self._call(self.api.tag, image_id, ref.name, ref.tag, force=True)
