@@ -99,6 +99,12 @@ class Config:
             if not url:
                 raise UsageError(f"remote {name_or_url!r} in {self.path} has no url")
             return url
+        # Like git, a bare word names a configured remote; a new local repository is
+        # written as a path (./repo, /srv/repo) so a typo in an alias is not a new directory.
+        if "://" not in name_or_url and "/" not in name_or_url and not os.path.exists(name_or_url):
+            where = f" in {self.path}" if self.path else " (no config file found)"
+            raise UsageError(f"unknown remote {name_or_url!r}: not a remote alias{where} nor an existing "
+                             f"directory; write a new local repository as ./{name_or_url}")
         return name_or_url
 
     def docker_host(self, flag=None, environ=os.environ):

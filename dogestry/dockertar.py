@@ -369,15 +369,20 @@ class LoadImage:
         self.tags = tags              # [Ref]
 
     def oci_manifest(self):
-        manifest = {
-            "schemaVersion": 2,
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                       "digest": self.id, "size": len(self.config)},
-            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
-                        "digest": layer.diff_id, "size": layer.uncompressed_size} for layer in self.layers],
-        }
-        return json.dumps(manifest, separators=(",", ":")).encode()
+        return oci_manifest(self.id, len(self.config), self.layers)
+
+
+def oci_manifest(image_id, config_size, layers):
+    """The OCI manifest we load an image with. It is deterministic, so the containerd
+    store, which names images by manifest digest, gives a pulled image a predictable id."""
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": image_id, "size": config_size},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
+                    "digest": layer.diff_id, "size": layer.uncompressed_size} for layer in layers],
+    }
+    return json.dumps(manifest, separators=(",", ":")).encode()
 
 
 def load_tar_chunks(images, layer_chunks):

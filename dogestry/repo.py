@@ -167,7 +167,7 @@ class Repository:
         return desc
 
     def store_layer(self, chunks, expect_diff_id=None):
-        """Store an uncompressed layer tar given as chunks; return its descriptor.
+        """Store an uncompressed layer tar given as chunks; return (descriptor, newly stored).
 
         The data is hashed and compressed into a spool as it streams, because its
         diffID (and so its key) is only certain once the last byte is read.
@@ -196,11 +196,11 @@ class Repository:
             if expect_diff_id and diff_id != expect_diff_id:
                 raise CorruptObject(f"layer {expect_diff_id} read from the engine has digest {diff_id}")
             if self.has_layer(diff_id):
-                return self.layer_descriptor(diff_id)
+                return self.layer_descriptor(diff_id), False
             desc = LayerDescriptor(diff_id, codec, "sha256:" + stored_hash.hexdigest(), size, uncompressed)
             self.backend.put_file(layer_key(diff_id), spool.name)
             self.backend.put(layer_descriptor_key(diff_id), (json.dumps(desc.to_json(), sort_keys=True) + "\n").encode())
-            return desc
+            return desc, True
         finally:
             if os.path.exists(spool.name):
                 os.unlink(spool.name)
@@ -319,7 +319,7 @@ class Repository:
 
     def put_image(self, record):
         self._prepare_write()
-        self.backend.put(image_key(record.id), record.to_bytes())
+        return self.backend.put(image_key(record.id), record.to_bytes())
 
     def get_image(self, image_id):
         self.check_format()

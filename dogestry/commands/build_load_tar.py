@@ -7,7 +7,7 @@ with --stdin (`<image-id> [<name>:<tag>]`, as resolve-ref prints).
 import sys
 
 from ..dockertar import LoadImage, load_tar_chunks
-from ..errors import DogestryError, EngineError, UsageError
+from ..errors import DogestryError, UsageError
 from ..records import read_records, write_record
 from ..refs import parse_ref
 from .walk_ancestry import missing_layers
@@ -41,7 +41,7 @@ def _engine_image_id(engine, record, load_image):
 def plan(ctx, repo, items, missing_in_docker):
     """Decide what to send: (LoadImage list, [(engine id, tags)] that only need tagging)."""
     engine = ctx.engine if missing_in_docker else None
-    chains = engine.layer_chains() if engine is not None else None
+    chains = engine.layer_chains() if engine is not None and not engine.uses_containerd_store() else None
     to_load, to_tag = [], []
     merged = {}
     for image_id, tags in items:
@@ -70,17 +70,7 @@ def load_images(ctx, repo, items, missing_in_docker=True):
     """Load [(image_id, [Ref])] into the engine, sending only what it lacks; tag them."""
     to_load, to_tag = plan(ctx, repo, items, missing_in_docker)
     if to_load:
-        try:
-            ctx.engine.load(load_tar_chunks(to_load, repo.layer_chunks))
-        except EngineError as err:
-            # The containerd store cannot use a layer it holds under another digest
-            # (compressed, from a registry or a build): send that image whole instead.
-            if not ctx.engine.uses_containerd_store() or "not found" not in str(err):
-                raise
-            ctx.detail(f"the engine's content store lacks a skipped layer; sending the images whole ({err})")
-            for image in to_load:
-                image.include = {layer.diff_id for layer in image.layers}
-            ctx.engine.load(load_tar_chunks(to_load, repo.layer_chunks))
+        ctx.engine.load(load_tar_chunks(to_load, repo.layer_chunks))
     for engine_id, tags in to_tag:
         for tag in tags:
             ctx.engine.tag(engine_id, tag)

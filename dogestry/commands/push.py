@@ -8,6 +8,9 @@ it only writes the ref and never asks the engine for a `docker save`.
 
 import time
 
+from ..digests import sha256_digest
+from ..dockertar import oci_manifest
+from ..errors import NotFound
 from ..records import write_record
 from ..refs import looks_like_id, parse_ref
 from .save_to_repo import _is_ref_in_engine, save_images
@@ -21,6 +24,30 @@ def add_arguments(p):
     p.add_argument("images", metavar="IMAGE", nargs="+", help="name[:tag] (tag defaults to latest) or image id")
 
 
+def _remote_copy(repo, found, ref):
+    """The remote's id for the engine image `found` if the remote holds it whole, else None.
+
+    Graphdriver engines name an image by its config digest, which is our image id. The
+    containerd store names it by manifest digest; an image that came from dogestry has the
+    manifest we build (deterministic), so the ref's current target can be recognised.
+    """
+    candidates = [found["Id"]]
+    if ref is not None:
+        try:
+            candidates.append(repo.get_ref(ref))
+        except NotFound:
+            pass
+    for image_id in candidates:
+        if not repo.has_image(image_id):
+            continue
+        record = repo.get_image(image_id)
+        same = image_id == found["Id"] or \
+            sha256_digest(oci_manifest(record.id, record.config_size, record.layers)) == found["Id"]
+        if same and not repo.missing_objects(record):
+            return image_id
+    return None
+
+
 def push(ctx, remote, names):
     """Push names to remote; return [(image_id, Ref or None)]."""
     repo = ctx.repo(remote)
@@ -29,11 +56,10 @@ def push(ctx, remote, names):
     for name in names:
         ref = None if looks_like_id(name) and not _is_ref_in_engine(ctx, name) else parse_ref(name)
         found = ctx.engine.require(str(ref) if ref else name)
-        # Graphdriver engines name an image by its config digest, which is our image id:
-        # when the remote holds it whole there is nothing to export.
-        if repo.has_image(found["Id"]) and not repo.missing_objects(repo.get_image(found["Id"])):
-            ctx.detail(f"skipped {ref or found['Id']}: {repo.location} already has image {found['Id']}")
-            done.append((found["Id"], ref))
+        image_id = _remote_copy(repo, found, ref)
+        if image_id:
+            ctx.detail(f"skipped {ref or found['Id']}: {repo.location} already has image {image_id}")
+            done.append((image_id, ref))
         else:
             to_save.append(name)
     if to_save:

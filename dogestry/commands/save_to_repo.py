@@ -38,9 +38,13 @@ def store_save_stream(ctx, repo, stream):
                 pass
             counts["skipped"] += 1
             return _Stored(repo.layer_descriptor(expect))
-        desc = repo.store_layer(chunks, expect)
-        counts["stored"] += 1
-        ctx.detail(f"stored layer {desc.diff_id} ({desc.uncompressed_size} bytes, {desc.codec} {desc.size})")
+        desc, new = repo.store_layer(chunks, expect)
+        if new:
+            counts["stored"] += 1
+            ctx.detail(f"stored layer {desc.diff_id} ({desc.uncompressed_size} bytes, {desc.codec} {desc.size})")
+        else:
+            counts["skipped"] += 1
+            ctx.detail(f"skipped layer {desc.diff_id}: {repo.location} has it")
         return _Stored(desc)
 
     def have_layer(diff_id):
@@ -59,8 +63,8 @@ def store_save_stream(ctx, repo, stream):
         for result in image.layer_results:
             layers.append(result.desc if isinstance(result, _Stored) else repo.layer_descriptor(result.diff_id))
         repo.put_config(image.config)
-        repo.put_image(ImageRecord(image.id, len(image.config), layers))
-        ctx.detail(f"stored image {image.id}")
+        if repo.put_image(ImageRecord(image.id, len(image.config), layers)):
+            ctx.detail(f"stored image {image.id}")
     return images
 
 
