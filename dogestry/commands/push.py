@@ -10,7 +10,7 @@ import time
 
 from ..digests import sha256_digest
 from ..dockertar import oci_manifest
-from ..errors import NotFound
+from ..errors import NotFound, UsageError
 from ..records import write_record
 from ..refs import looks_like_id, parse_ref
 from .save_to_repo import _is_ref_in_engine, save_images
@@ -32,10 +32,12 @@ def _remote_copy(repo, found, ref):
     manifest we build (deterministic), so the ref's current target can be recognised.
     """
     candidates = [found["Id"]]
-    if ref is not None:
+    names = [str(ref)] if ref is not None else []
+    names += [t for t in found.get("RepoTags") or [] if t not in names]
+    for name in names:  # any tag the engine image carries may already point at it
         try:
-            candidates.append(repo.get_ref(ref))
-        except NotFound:
+            candidates.append(repo.get_ref(parse_ref(name)))
+        except (NotFound, UsageError):
             pass
     for image_id in candidates:
         if not repo.has_image(image_id):
