@@ -139,7 +139,6 @@ def _main(argv):
         pass
     args = parser.parse_args(argv)
     if not args.command:
-        parser.print_usage(sys.stderr)
         raise UsageError("no command given; see 'dogestry help'")
     from .config import Config
     from .context import Context

@@ -1,0 +1,102 @@
+"""The backend contract (dogestry/backends/__init__.py), run against every backend."""
+
+import os
+import threading
+
+import pytest
+
+from dogestry.backends import open_backend
+from dogestry.errors import NotFound, UsageError
+
+
+@pytest.fixture(params=["local-path", "file-url"])
+def backend(request, tmp_path):
+    root = tmp_path / "repo"
+    url = str(root) if request.param == "local-path" else f"file://{root}"
+    return open_backend(url)
+
+
+def test_missing_key_is_not_found(backend):
+    with pytest.raises(NotFound):
+        backend.get("layers/sha256/abc")
+    with pytest.raises(NotFound):
+        backend.open("layers/sha256/abc")
+    assert not backend.exists("layers/sha256/abc")
+
+
+def test_put_get_round_trip_and_write_once(backend):
+    assert backend.put("configs/sha256/aa", b"first") is True
+    assert backend.get("configs/sha256/aa") == b"first"
+    assert backend.put("configs/sha256/aa", b"second") is False
+    assert backend.get("configs/sha256/aa") == b"first"
+    assert backend.put("repositories/app/1", b"x", overwrite=True) is True
+    assert backend.put("repositories/app/1", b"y", overwrite=True) is True
+    assert backend.get("repositories/app/1") == b"y"
+
+
+def test_open_streams_the_bytes(backend):
+    data = os.urandom(3 << 20)
+    backend.put("layers/sha256/big", data)
+    reader = backend.open("layers/sha256/big")
+    got = b"".join(iter(lambda: reader.read(65536), b""))
+    reader.close()
+    assert got == data
+
+
+def test_put_file_consumes_the_spool(backend):
+    spool = backend.spool()
+    spool.write(b"spooled bytes")
+    spool.close()
+    assert backend.put_file("layers/sha256/s", spool.name) is True
+    assert not os.path.exists(spool.name)
+    assert backend.get("layers/sha256/s") == b"spooled bytes"
+    spool = backend.spool()
+    spool.write(b"other")
+    spool.close()
+    assert backend.put_file("layers/sha256/s", spool.name) is False
+    assert not os.path.exists(spool.name)
+    assert backend.get("layers/sha256/s") == b"spooled bytes"
+
+
+def test_list_yields_complete_keys_only(backend):
+    backend.put("repositories/host:5000/team/app/1.0", b"a", overwrite=True)
+    backend.put("repositories/app/latest", b"b", overwrite=True)
+    backend.put("layers/sha256/x", b"c")
+    backend.spool().close()  # a spool in progress is never listed
+    assert sorted(backend.list("repositories/")) == ["repositories/app/latest", "repositories/host:5000/team/app/1.0"]
+    assert sorted(backend.list()) == ["layers/sha256/x", "repositories/app/latest",
+                                      "repositories/host:5000/team/app/1.0"]
+    assert list(backend.list("nothing/")) == []
+
+
+def test_delete(backend):
+    backend.put("configs/sha256/d", b"x")
+    backend.delete("configs/sha256/d")
+    assert not backend.exists("configs/sha256/d")
+    backend.delete("configs/sha256/d")  # deleting a missing key is not an error
+
+
+@pytest.mark.parametrize("key", ["../escape", "/abs", "a//b", "a/./b", "a/../b", "", "a/.hidden"])
+def test_keys_cannot_escape(backend, key):
+    with pytest.raises(UsageError):
+        backend.put(key, b"x")
+
+
+def test_concurrent_write_once_has_one_winner(backend):
+    results = []
+
+    def write(i):
+        results.append(backend.put("configs/sha256/race", f"v{i}".encode()))
+
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results.count(True) == 1
+    assert backend.get("configs/sha256/race") in {f"v{i}".encode() for i in range(8)}
+
+
+def test_unknown_scheme_is_a_usage_error():
+    with pytest.raises(UsageError, match="supported"):
+        open_backend("gopher://host/repo")

@@ -1,0 +1,62 @@
+"""The command line as a user meets it: bin/dogestry in a subprocess."""
+
+import os
+import stat
+
+from conftest import dogestry
+
+from dogestry.cli import COMMANDS
+
+
+def test_help_lists_every_command_by_category():
+    out = dogestry("help").stdout.decode()
+    porcelain, plumbing = out.split("Plumbing commands:")
+    for command in COMMANDS:
+        section = porcelain if command.category == "porcelain" else plumbing
+        assert f"  {command.name} " in section
+
+
+def test_every_command_has_help():
+    for command in COMMANDS:
+        out = dogestry(command.name, "--help").stdout.decode()
+        assert out.startswith(f"usage: dogestry {command.name}")
+
+
+def test_unknown_command_runs_extension_from_path(tmp_path):
+    ext = tmp_path / "dogestry-hello"
+    ext.write_text("#!/bin/sh\necho \"extension got: $*\"\n")
+    ext.chmod(ext.stat().st_mode | stat.S_IEXEC)
+    env = dict(os.environ, PATH=f"{tmp_path}:{os.environ['PATH']}")
+    assert dogestry("-q", "hello", "a", "--b", env=env).stdout == b"extension got: a --b\n"
+    out = dogestry("nosuchthing", check=False)
+    assert out.returncode == 2 and b"not a dogestry command" in out.stderr
+
+
+def test_usage_errors_exit_2_with_one_line():
+    for args in ([], ["push"], ["pull", "gopher://x/y", "app"], ["push", "/tmp/x", "UPPER:1"]):
+        out = dogestry(*args, check=False)
+        assert out.returncode == 2, args
+        assert len(out.stderr.decode().strip().splitlines()) == 1, out.stderr
+
+
+def test_failures_exit_1_and_debug_shows_traceback(tmp_path):
+    repo = str(tmp_path / "empty")
+    out = dogestry("resolve-ref", repo, "app:1", check=False)
+    assert out.returncode == 1 and out.stderr.decode().strip() == f"dogestry: app:1 not found in {repo}"
+    out = dogestry("--debug", "resolve-ref", repo, "app:1", check=False)
+    assert out.returncode == 1 and b"Traceback" in out.stderr
+    out = dogestry("show-ref", repo, "nomatch*", check=False)
+    assert out.returncode == 1 and out.stdout == b""
+
+
+def test_remote_describes_an_empty_location(tmp_path):
+    out = dogestry("remote", str(tmp_path)).stdout.decode()
+    assert "kind: local" in out and "format: none (empty)" in out and "refs: 0" in out
+
+
+def test_engine_unreachable_is_one_line(tmp_path):
+    out = dogestry("--docker-host", f"unix://{tmp_path}/no.sock", "push", str(tmp_path / "r"), "app:1", check=False)
+    assert out.returncode == 1
+    assert out.stderr.decode().strip().splitlines() == [
+        f"dogestry: cannot reach the Docker engine at unix://{tmp_path}/no.sock: is it running? "
+        "(set --docker-host, [docker] connection or DOCKER_HOST)"]

@@ -1,0 +1,84 @@
+"""Pure logic: reference grammar, config parsing, chain ids."""
+
+import pytest
+
+from dogestry.config import Config
+from dogestry.digests import chain_ids, sha256_digest
+from dogestry.errors import UsageError
+from dogestry.refs import parse_ref
+
+
+@pytest.mark.parametrize("text,name,tag", [
+    ("app", "app", "latest"),
+    ("app:1.4", "app", "1.4"),
+    ("team/app:v2", "team/app", "v2"),
+    ("localhost:5000/team/app", "localhost:5000/team/app", "latest"),
+    ("registry.example.com:443/a/b:c_d", "registry.example.com:443/a/b", "c_d"),
+    ("docker.io/library/app:1", "app", "1"),
+    ("docker.io/team/app:1", "team/app", "1"),
+])
+def test_valid_refs(text, name, tag):
+    ref = parse_ref(text)
+    assert (ref.name, ref.tag) == (name, tag)
+
+
+@pytest.mark.parametrize("text", ["App:1", "../etc:1", "/abs:1", "a//b:1", "app:.hidden", "app:-x", "app@sha256:00",
+                                  "a/../b", "app:" + "x" * 129, "", ":tag", "a b"])
+def test_invalid_refs(text):
+    with pytest.raises(UsageError):
+        parse_ref(text)
+
+
+def test_full_name_for_containerd():
+    assert parse_ref("app:1").full_name == "docker.io/library/app"
+    assert parse_ref("team/app:1").full_name == "docker.io/team/app"
+    assert parse_ref("localhost:5000/app:1").full_name == "localhost:5000/app"
+
+
+def test_config_git_style():
+    cfg = Config.parse('''
+# comment
+[remote "central"]
+  url = /srv/images            # trailing comment
+[remote "s3"]
+	url = s3://bucket/prefix/?region=us-west-2
+[docker]
+  connection = tcp://host:2376
+[compressor]
+  lz4 = false
+[dogestry]
+  temp-dir = /var/tmp
+''')
+    assert cfg.remote_url("central") == "/srv/images"
+    assert cfg.remote_url("s3") == "s3://bucket/prefix/?region=us-west-2"
+    assert cfg.remote_url("/elsewhere") == "/elsewhere"
+    assert cfg.docker_host(environ={}) == "tcp://host:2376"
+    assert cfg.docker_host("unix:///x.sock", environ={}) == "unix:///x.sock"
+    assert cfg.codec() == "none"
+    assert cfg.temp_dir() == "/var/tmp"
+
+
+def test_docker_host_precedence():
+    assert Config().docker_host(environ={"DOCKER_HOST": "tcp://e:1"}) == "tcp://e:1"
+    assert Config().docker_host(environ={}) is None
+    assert Config.parse("[docker]\nconnection = unix:///c\n").docker_host(environ={"DOCKER_HOST": "tcp://e:1"}) == "unix:///c"
+
+
+def test_unknown_alias_is_a_usage_error(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UsageError, match="unknown remote"):
+        Config().remote_url("central")
+    assert Config().remote_url("./central") == "./central"
+
+
+def test_bad_config_lines_name_the_line():
+    with pytest.raises(UsageError, match=":2:"):
+        Config.parse("[docker]\n=broken\n", "x.cfg")
+    with pytest.raises(UsageError):
+        Config.parse("[compressor]\nlz4 = maybe\n").codec()
+
+
+def test_chain_ids_follow_the_oci_spec():
+    a, b = sha256_digest(b"a"), sha256_digest(b"b")
+    assert chain_ids([a]) == [a]
+    assert chain_ids([a, b]) == [a, sha256_digest(f"{a} {b}".encode())]
