@@ -1,0 +1,46 @@
+"""The manual cannot drift from the parser: every command has a page naming its options."""
+
+import os
+import re
+
+from dogestry.cli import COMMANDS, build_parser
+
+MAN = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "man")
+
+
+def _subparsers():
+    parser = build_parser()
+    action = next(a for a in parser._actions if a.dest == "command")
+    return action.choices
+
+
+def _text(page):
+    with open(os.path.join(MAN, page)) as f:
+        return f.read().replace("\\-", "-")
+
+
+def test_every_command_has_a_page_listing_its_options_and_arguments():
+    for name, sub in _subparsers().items():
+        text = _text(f"dogestry-{name}.1")
+        synopsis = text.split(".SH SYNOPSIS", 1)[1].split(".SH", 1)[0]
+        assert f"dogestry {name}" in synopsis.replace("\n.B ", " ").replace(".B ", "")
+        for action in sub._actions:
+            if action.option_strings and action.dest != "help":
+                assert any(o in synopsis for o in action.option_strings), (name, action.option_strings)
+            elif not action.option_strings:
+                assert action.metavar.replace("-", "") in synopsis.replace("-", ""), (name, action.metavar)
+
+
+def test_dogestry_1_lists_every_command_and_global_option():
+    text = _text("dogestry.1")
+    for command in COMMANDS:
+        assert f"dogestry-{command.name}" in text or f"dogestry {command.name}" in text
+    for option in ("--config", "--docker-host", "--quiet", "--verbose", "--debug"):
+        assert option in text
+
+
+def test_pages_are_installed_by_setup_cfg():
+    root = os.path.dirname(MAN)
+    with open(os.path.join(root, "setup.cfg")) as f:
+        cfg = f.read()
+    assert re.search(r"share/man/man1 = man/\*\.1", cfg) and re.search(r"share/man/man5 = man/\*\.5", cfg)
