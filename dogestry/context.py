@@ -32,7 +32,7 @@ class Context:
     def repo(self, remote):
         """A Repository for a REMOTE argument: config alias, path or URL."""
         url = self.config.remote_url(remote)
-        return Repository(open_backend(url, temp_dir=self.config.temp_dir()), codec=self.codec)
+        return Repository(open_backend(url, temp_dir=self.config.temp_dir(), config=self.config), codec=self.codec)
 
     def info(self, message):
         """Progress and outcomes people read; silenced by -q."""

@@ -169,41 +169,63 @@ class Repository:
     def store_layer(self, chunks, expect_diff_id=None):
         """Store an uncompressed layer tar given as chunks; return (descriptor, newly stored).
 
-        The data is hashed and compressed into a spool as it streams, because its
-        diffID (and so its key) is only certain once the last byte is read.
+        When the diffID is known up front (Docker 25+ names layer blobs by it) the bytes
+        stream straight to their key and are checked at the end; otherwise they are
+        hashed and compressed into a spool, because the key is only certain once the last
+        byte is read.
         """
         self._prepare_write()
+        if expect_diff_id and self.has_layer(expect_diff_id):
+            for _ in chunks:
+                pass
+            return self.layer_descriptor(expect_diff_id), False
         codec = self.codec
         comp = compress.compressor(codec)
         diff_hash, stored_hash = hashlib.sha256(), hashlib.sha256()
         size = uncompressed = 0
-        spool = self.backend.spool()
+        if expect_diff_id:
+            sink = self.backend.writer(layer_key(expect_diff_id))
+        else:
+            sink = self.backend.spool()
         try:
-            with spool:
-                for chunk in chunks:
-                    diff_hash.update(chunk)
-                    uncompressed += len(chunk)
-                    out = comp.compress(chunk)
-                    if out:
-                        stored_hash.update(out)
-                        size += len(out)
-                        spool.write(out)
-                out = comp.flush()
-                stored_hash.update(out)
-                size += len(out)
-                spool.write(out)
+            for chunk in chunks:
+                diff_hash.update(chunk)
+                uncompressed += len(chunk)
+                out = comp.compress(chunk)
+                if out:
+                    stored_hash.update(out)
+                    size += len(out)
+                    sink.write(out)
+            out = comp.flush()
+            stored_hash.update(out)
+            size += len(out)
+            sink.write(out)
             diff_id = "sha256:" + diff_hash.hexdigest()
             if expect_diff_id and diff_id != expect_diff_id:
-                raise CorruptObject(f"layer {expect_diff_id} read from the engine has digest {diff_id}")
-            if self.has_layer(diff_id):
-                return self.layer_descriptor(diff_id), False
+                raise CorruptObject(f"layer {expect_diff_id} read from the image export has digest {diff_id}")
             desc = LayerDescriptor(diff_id, codec, "sha256:" + stored_hash.hexdigest(), size, uncompressed)
-            self.backend.put_file(layer_key(diff_id), spool.name)
-            self.backend.put(layer_descriptor_key(diff_id), (json.dumps(desc.to_json(), sort_keys=True) + "\n").encode())
+            if expect_diff_id:
+                sink.commit()
+            else:
+                sink.close()
+                if self.has_layer(diff_id):
+                    return self.layer_descriptor(diff_id), False
+                self.backend.put_file(layer_key(diff_id), sink.name)
+            self._put_descriptor(desc)
             return desc, True
+        except BaseException:
+            if expect_diff_id:
+                sink.abort()
+            raise
         finally:
-            if os.path.exists(spool.name):
-                os.unlink(spool.name)
+            if not expect_diff_id:
+                sink.close()
+                if os.path.exists(sink.name):
+                    os.unlink(sink.name)
+
+    def _put_descriptor(self, desc):
+        data = (json.dumps(desc.to_json(), sort_keys=True) + "\n").encode()
+        self.backend.put(layer_descriptor_key(desc.diff_id), data)
 
     def layer_chunks(self, desc):
         """Yield the layer's uncompressed bytes, verifying digests and sizes as they stream.
@@ -279,17 +301,15 @@ class Repository:
     def put_stored_layer(self, desc, chunks):
         """Publish a layer copied from another repository in its stored form."""
         self._prepare_write()
-        spool = self.backend.spool()
+        sink = self.backend.writer(layer_key(desc.diff_id))
         try:
-            with spool:
-                for chunk in chunks:
-                    spool.write(chunk)
-            self.backend.put_file(layer_key(desc.diff_id), spool.name)
-            self.backend.put(layer_descriptor_key(desc.diff_id),
-                             (json.dumps(desc.to_json(), sort_keys=True) + "\n").encode())
-        finally:
-            if os.path.exists(spool.name):
-                os.unlink(spool.name)
+            for chunk in chunks:
+                sink.write(chunk)
+            sink.commit()
+        except BaseException:
+            sink.abort()
+            raise
+        self._put_descriptor(desc)
 
     # -- configs and image records ----------------------------------------------------
     def has_config(self, image_id):

@@ -202,3 +202,76 @@ def tree(path):
                 with open(full, "rb") as f:
                     out[os.path.relpath(full, path)] = f.read()
     return out
+
+
+def _s3_servers():
+    spec = os.environ.get("DOGESTRY_TEST_S3", "")
+    return dict(item.split("=", 1) for item in spec.split(",") if "=" in item)
+
+
+S3_SERVERS = _s3_servers()
+S3_CREDENTIALS = {"seaweed": ("admin", "adminsecret"), "moto": ("testing", "testing")}
+S3_BUCKET = "dogestry-test"
+
+
+class S3Server:
+    """A real S3 server on loopback (scripts/s3servers), with its credentials."""
+
+    __test__ = False
+
+    def __init__(self, name):
+        if name not in S3_SERVERS:
+            pytest.fail(f"S3 server {name} is not configured: run the tests with scripts/test "
+                        "(it starts them and sets DOGESTRY_TEST_S3)")
+        self.name, self.endpoint = name, S3_SERVERS[name]
+        self.key_id, self.secret = S3_CREDENTIALS[name]
+        self.ensure_bucket(S3_BUCKET)
+
+    def client(self):
+        import boto3
+        from botocore.config import Config
+
+        return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1",
+                            aws_access_key_id=self.key_id, aws_secret_access_key=self.secret,
+                            config=Config(s3={"addressing_style": "path"}, request_checksum_calculation="when_required",
+                                          response_checksum_validation="when_required"))
+
+    def ensure_bucket(self, bucket):
+        client = self.client()
+        for _ in range(60):
+            try:
+                client.head_bucket(Bucket=bucket)
+                return
+            except Exception:
+                try:
+                    client.create_bucket(Bucket=bucket)
+                    return
+                except Exception:
+                    time.sleep(0.5)
+        raise AssertionError(f"cannot create bucket {bucket} on {self.endpoint}")
+
+    def url(self, prefix):
+        return f"s3://{S3_BUCKET}/{prefix}/?endpoint={self.endpoint}"
+
+    def env(self, base=None):
+        env = dict(base or os.environ)
+        for var in list(env):
+            if var.startswith("AWS_"):
+                del env[var]
+        env.update(AWS_ACCESS_KEY_ID=self.key_id, AWS_SECRET_ACCESS_KEY=self.secret)
+        return env
+
+    def keys(self, prefix):
+        client = self.client()
+        pages = client.get_paginator("list_objects_v2").paginate(Bucket=S3_BUCKET, Prefix=prefix + "/")
+        return sorted(item["Key"][len(prefix) + 1:] for page in pages for item in page.get("Contents") or [])
+
+
+@pytest.fixture(params=sorted(S3_CREDENTIALS))
+def s3(request):
+    return S3Server(request.param)
+
+
+@pytest.fixture
+def seaweed():
+    return S3Server("seaweed")

@@ -2,15 +2,26 @@
 
 import os
 import threading
+import uuid
 
 import pytest
 
 from dogestry.backends import open_backend
 from dogestry.errors import NotFound, UsageError
 
+from conftest import S3Server
 
-@pytest.fixture(params=["local-path", "file-url"])
-def backend(request, tmp_path):
+
+@pytest.fixture(params=["local-path", "file-url", "s3-seaweed", "s3-moto"])
+def backend(request, tmp_path, monkeypatch):
+    if request.param.startswith("s3-"):
+        server = S3Server(request.param[3:])
+        for var, value in server.env().items():
+            if var.startswith("AWS_"):
+                monkeypatch.setenv(var, value)
+        for var in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+            monkeypatch.delenv(var, raising=False)
+        return open_backend(server.url(f"contract-{uuid.uuid4().hex[:12]}"))
     root = tmp_path / "repo"
     url = str(root) if request.param == "local-path" else f"file://{root}"
     return open_backend(url)
@@ -35,12 +46,35 @@ def test_put_get_round_trip_and_write_once(backend):
 
 
 def test_open_streams_the_bytes(backend):
-    data = os.urandom(3 << 20)
+    data = os.urandom(20 << 20)
     backend.put("layers/sha256/big", data)
     reader = backend.open("layers/sha256/big")
     got = b"".join(iter(lambda: reader.read(65536), b""))
     reader.close()
     assert got == data
+
+
+@pytest.mark.parametrize("size", [0, 100, (8 << 20) * 2 + 12345])
+def test_writer_streams_and_publishes_on_commit_only(backend, size):
+    data = os.urandom(size)
+    writer = backend.writer("layers/sha256/w")
+    for i in range(0, size, 1 << 20):
+        writer.write(data[i:i + (1 << 20)])
+    assert not backend.exists("layers/sha256/w")
+    assert writer.commit() is True
+    assert backend.get("layers/sha256/w") == data
+    again = backend.writer("layers/sha256/w")
+    again.write(b"other")
+    assert again.commit() is False
+    assert backend.get("layers/sha256/w") == data
+
+
+def test_aborted_writer_leaves_nothing(backend):
+    writer = backend.writer("layers/sha256/a")
+    writer.write(os.urandom((8 << 20) + 5))
+    writer.abort()
+    assert not backend.exists("layers/sha256/a")
+    assert list(backend.list("layers/")) == []
 
 
 def test_put_file_consumes_the_spool(backend):

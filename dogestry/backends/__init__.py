@@ -9,7 +9,9 @@ runs against every backend:
 - `put`/`put_file` are atomic: a reader sees the whole object or nothing;
 - with overwrite=False they are write-once: an existing key is left alone and False
   is returned (the object is content-addressed, so the existing copy is the same);
-- `list(prefix)` yields every complete key under prefix, never a temporary.
+- `list(prefix)` yields every complete key under prefix, never a temporary;
+- `writer(key)` streams an object of unknown size; nothing is visible before `commit()`,
+  and `abort()` (or an exception) leaves nothing behind.
 """
 
 import os
@@ -67,6 +69,10 @@ class Backend:
         finally:
             os.unlink(path)
 
+    def writer(self, key, overwrite=False):
+        """An ObjectWriter for streaming bytes into key (default: spool, then put_file)."""
+        return SpoolWriter(self, key, overwrite)
+
     def spool(self):
         """A temporary file for bytes whose key is only known once they are all read.
 
@@ -81,25 +87,68 @@ class Backend:
         pass
 
 
-def _local(url, temp_dir):
+class SpoolWriter:
+    """Streams into a spool file and publishes it with put_file on commit."""
+
+    def __init__(self, backend, key, overwrite):
+        self.backend, self.key, self.overwrite = backend, key, overwrite
+        self._spool = backend.spool()
+
+    def write(self, data):
+        self._spool.write(data)
+
+    def commit(self):
+        self._spool.close()
+        return self.backend.put_file(self.key, self._spool.name, overwrite=self.overwrite)
+
+    def abort(self):
+        self._spool.close()
+        if os.path.exists(self._spool.name):
+            os.unlink(self._spool.name)
+
+
+def _local(url, temp_dir, config):
     from .local import LocalBackend
 
     return LocalBackend(url, temp_dir=temp_dir)
 
 
+def _s3(url, temp_dir, config):
+    from .s3 import S3Backend
+
+    return S3Backend(url, temp_dir=temp_dir, config=config)
+
+
+def _shared(url, temp_dir, config):
+    from .shared import SharedBackend
+
+    return SharedBackend(url, temp_dir=temp_dir)
+
+
 # One place decides which module serves a URL (dulwich's get_transport_and_path).
-SCHEMES = {"file": _local}
+SCHEMES = {"file": _local, "s3": _s3, "https": _shared, "http": _shared}
 
 
-def open_backend(url, temp_dir=None):
+def open_backend(url, temp_dir=None, config=None):
     """A backend for a repository URL or a local path."""
     if "://" not in url:
         if not url:
             raise UsageError("empty repository location")
-        return _local(url, temp_dir)
+        return _local(url, temp_dir, config)
     scheme = urlsplit(url).scheme.lower()
     factory = SCHEMES.get(scheme)
     if factory is None:
         supported = ", ".join(f"{s}://" for s in SCHEMES)
-        raise UsageError(f"unsupported repository URL scheme {scheme!r} in {url!r}; supported: a path, {supported}")
-    return factory(url, temp_dir)
+        raise UsageError(f"unsupported repository URL scheme {scheme!r} in {mask_url(url)!r}; "
+                         f"supported: a path, {supported}")
+    return factory(url, temp_dir, config)
+
+
+def mask_url(url):
+    """A URL fit for output: a query string (presigned signatures, credentials) is hidden."""
+    if "?" not in url:
+        return url
+    base, query = url.split("?", 1)
+    if any(marker in query for marker in ("Signature", "Credential", "Security-Token", "AWSAccessKeyId")):
+        return base + "?<signed>"
+    return url

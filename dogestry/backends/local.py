@@ -133,6 +133,9 @@ class LocalBackend(Backend):
             if os.path.exists(path):
                 os.unlink(path)
 
+    def writer(self, key, overwrite=False):
+        return _LocalWriter(self, key, overwrite)
+
     def spool(self):
         spool_dir = os.path.join(self.root, ".spool")
         try:
@@ -160,6 +163,40 @@ class LocalBackend(Backend):
             pass
         except OSError as err:
             raise self._storage_error(err, f"cannot delete {key}") from None
+
+
+class _LocalWriter:
+    """Streams into a temporary file beside the key; commit publishes it atomically."""
+
+    def __init__(self, backend, key, overwrite):
+        self.backend, self.key, self.overwrite = backend, key, overwrite
+        self.path = backend._path(key)
+        fd, self.tmp = backend._temp_beside(self.path)
+        self.file = os.fdopen(fd, "wb", buffering=_CHUNK)
+
+    def write(self, data):
+        try:
+            self.file.write(data)
+        except OSError as err:
+            self.abort()
+            raise self.backend._storage_error(err, f"cannot write {self.key}") from None
+
+    def commit(self):
+        try:
+            self.file.flush()
+            os.fsync(self.file.fileno())
+            self.file.close()
+            return self.backend._publish(self.tmp, self.path, self.overwrite)
+        except OSError as err:
+            raise self.backend._storage_error(err, f"cannot write {self.key}") from None
+        finally:
+            if os.path.exists(self.tmp):
+                os.unlink(self.tmp)
+
+    def abort(self):
+        self.file.close()
+        if os.path.exists(self.tmp):
+            os.unlink(self.tmp)
 
 
 def _fsync_dir(directory):

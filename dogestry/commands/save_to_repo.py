@@ -32,12 +32,6 @@ def store_save_stream(ctx, repo, stream):
     counts = {"stored": 0, "skipped": 0}
 
     def store_layer(chunks, expect):
-        existed_before = expect is not None and repo.has_layer(expect)
-        if existed_before:
-            for _ in chunks:
-                pass
-            counts["skipped"] += 1
-            return _Stored(repo.layer_descriptor(expect))
         desc, new = repo.store_layer(chunks, expect)
         if new:
             counts["stored"] += 1

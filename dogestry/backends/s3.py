@@ -1,0 +1,416 @@
+"""A repository in an S3 bucket (AWS or any S3-compatible store).
+
+    s3://BUCKET/PREFIX/?region=us-west-2&endpoint=http://host:9000&addressing=path&checksums=when_required
+
+The keys are the repository layout of dogestry-repository(5) under PREFIX. Large objects
+go up as multipart uploads streamed from the layer, parts in parallel with bounded
+memory, and come down as parallel ranged GETs. Nothing is visible before an upload
+completes; write-once objects use a conditional PUT (If-None-Match: *). boto3 is
+imported only when an s3:// remote is used.
+"""
+
+import os
+import stat
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import parse_qs, urlsplit
+
+from ..errors import NotFound, StorageError, UsageError
+from . import Backend, check_key
+
+PART_SIZE = 8 << 20       # multipart part size; S3's minimum is 5 MiB
+PARALLEL = 4              # parts in flight per object, up and down
+MAX_ATTEMPTS = 5          # botocore's standard retry mode: throttling, 5xx, resets
+_OPTIONS = {"region", "endpoint", "addressing", "checksums", "profile"}
+
+
+def parse_s3_url(url):
+    parts = urlsplit(url)
+    bucket = parts.netloc
+    if not bucket:
+        raise UsageError(f"S3 URL {url!r} has no bucket; write s3://BUCKET/PREFIX/")
+    prefix = parts.path.lstrip("/")
+    if prefix and not prefix.endswith("/"):
+        prefix += "/"
+    query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    unknown = set(query) - _OPTIONS
+    if unknown:
+        raise UsageError(f"unknown S3 URL option(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(_OPTIONS))}")
+    if query.get("addressing", "path") not in ("path", "virtual", "auto"):
+        raise UsageError("addressing= takes path, virtual or auto")
+    if query.get("checksums", "when_required") not in ("when_required", "when_supported"):
+        raise UsageError("checksums= takes when_required or when_supported")
+    return bucket, prefix, query
+
+
+def _legacy_or_config_credentials(config, warn):
+    """Explicit credentials when boto3's own chain should not decide.
+
+    The standard AWS_ACCESS_KEY_ID wins (boto3 reads it); then the original dogestry's
+    AWS_ACCESS_KEY / AWS_SECRET_KEY, which boto3 does not read; then [s3] in dogestry.cfg.
+    """
+    env = os.environ
+    if env.get("AWS_ACCESS_KEY_ID"):
+        return {}
+    if env.get("AWS_ACCESS_KEY") and env.get("AWS_SECRET_KEY"):
+        return {"aws_access_key_id": env["AWS_ACCESS_KEY"], "aws_secret_access_key": env["AWS_SECRET_KEY"]}
+    if config is not None and config.get("s3", "access-key-id"):
+        path = config.path
+        if path and os.path.exists(path) and os.stat(path).st_mode & (stat.S_IRGRP | stat.S_IROTH):
+            warn(f"warning: {path} holds an S3 secret key and is readable by other users; chmod 600 it")
+        return {"aws_access_key_id": config.get("s3", "access-key-id"),
+                "aws_secret_access_key": config.get("s3", "secret-key")}
+    return {}
+
+
+def _error_code(err):
+    return (getattr(err, "response", None) or {}).get("Error", {}).get("Code", "")
+
+
+def _status(err):
+    return (getattr(err, "response", None) or {}).get("ResponseMetadata", {}).get("HTTPStatusCode")
+
+
+class S3Backend(Backend):
+    kind = "s3"
+
+    def __init__(self, url, temp_dir=None, config=None, warn=None):
+        super().__init__(url, temp_dir)
+        self.bucket, self.prefix, self.options = parse_s3_url(url)
+        self._config = config
+        self._warn = warn or (lambda message: print(message, file=__import__("sys").stderr))
+        self._client = None
+        self._lock = threading.Lock()
+        self.endpoint = (self.options.get("endpoint") or os.environ.get("AWS_ENDPOINT_URL_S3")
+                         or os.environ.get("AWS_ENDPOINT_URL") or (config.get("s3", "endpoint") if config else None))
+
+    def location(self):
+        where = f"s3://{self.bucket}/{self.prefix}"
+        return f"{where} at {self.endpoint}" if self.endpoint else where
+
+    # -- client -------------------------------------------------------------------------
+    @property
+    def client(self):
+        with self._lock:
+            if self._client is None:
+                self._client = self._make_client()
+            return self._client
+
+    def _make_client(self):
+        import boto3
+        from botocore.config import Config as BotoConfig
+
+        credentials = _legacy_or_config_credentials(self._config, self._warn)
+        session = boto3.session.Session(profile_name=self.options.get("profile"), **credentials)
+        custom = bool(self.endpoint)
+        # botocore >= 1.36 sends CRC32 checksums and aws-chunked trailers by default, which
+        # R2, GCS's XML API and older Ceph RGW reject: off for non-AWS endpoints unless asked.
+        checksums = self.options.get("checksums") or ("when_required" if custom else "when_supported")
+        addressing = self.options.get("addressing") or ("path" if custom else "auto")
+        region = (self.options.get("region") or session.region_name
+                  or (self._config.get("s3", "region") if self._config else None))
+        if region is None:
+            region = self._discover_region(session, custom)
+        self.region = region
+        return session.client("s3", endpoint_url=self.endpoint, config=BotoConfig(
+            region_name=region, signature_version="s3v4", s3={"addressing_style": addressing},
+            retries={"max_attempts": MAX_ATTEMPTS, "mode": "standard"},
+            max_pool_connections=4 * PARALLEL, connect_timeout=10, read_timeout=120,
+            request_checksum_calculation=checksums, response_checksum_validation=checksums))
+
+    def _discover_region(self, session, custom):
+        """The bucket's region from HeadBucket's x-amz-bucket-region (AWS answers it even on a 301/403)."""
+        if custom:
+            return "us-east-1"
+        from botocore.config import Config as BotoConfig
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        probe = session.client("s3", config=BotoConfig(region_name="us-east-1", signature_version="s3v4",
+                                                        retries={"max_attempts": 2}))
+        try:
+            headers = probe.head_bucket(Bucket=self.bucket)["ResponseMetadata"]["HTTPHeaders"]
+        except ClientError as err:
+            headers = (err.response.get("ResponseMetadata") or {}).get("HTTPHeaders") or {}
+        except BotoCoreError:
+            headers = {}
+        return headers.get("x-amz-bucket-region") or "us-east-1"
+
+    def _key(self, key):
+        return self.prefix + check_key(key)
+
+    def _fail(self, err, what):
+        """Translate a boto error into one line that says what to do; never a secret."""
+        from botocore.exceptions import (ClientError, EndpointConnectionError, NoCredentialsError,
+                                         PartialCredentialsError)
+
+        where = f"s3://{self.bucket}/{self.prefix}"
+        if isinstance(err, (NoCredentialsError, PartialCredentialsError)):
+            return StorageError(f"{what}: no AWS credentials found for {where}; set AWS_ACCESS_KEY_ID and "
+                                "AWS_SECRET_ACCESS_KEY, a profile, an instance role, or [s3] in dogestry.cfg")
+        if isinstance(err, EndpointConnectionError):
+            return StorageError(f"{what}: cannot reach the S3 endpoint {self.endpoint or 'of AWS'}; check the "
+                                "endpoint= option, AWS_ENDPOINT_URL and the network")
+        if isinstance(err, ClientError):
+            code = _error_code(err)
+            if code == "NoSuchBucket":
+                return StorageError(f"{what}: bucket {self.bucket!r} does not exist"
+                                    f"{f' at {self.endpoint}' if self.endpoint else ''}")
+            if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403", "Forbidden",
+                        "ExpiredToken", "InvalidToken"):
+                return StorageError(f"{what}: access to {where} denied ({code}); check the credentials and that "
+                                    "they allow this operation (see dogestry-push(1) for the IAM permissions)")
+            return StorageError(f"{what}: S3 error {code or _status(err)} on {where}")
+        return StorageError(f"{what}: {type(err).__name__} talking to S3 at {self.endpoint or 'AWS'}")
+
+    def _call(self, what, fn, **kwargs):
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return fn(Bucket=self.bucket, **kwargs)
+        except ClientError as err:
+            if _error_code(err) in ("NoSuchKey", "404", "NotFound") and "Key" in kwargs:
+                raise NotFound(f"{kwargs['Key'][len(self.prefix):]} not found in {self.location()}") from None
+            raise self._fail(err, what) from None
+        except BotoCoreError as err:
+            raise self._fail(err, what) from None
+
+    # -- the backend contract ---------------------------------------------------------
+    def get(self, key):
+        body = self._call(f"cannot read {key}", self.client.get_object, Key=self._key(key))["Body"]
+        try:
+            return body.read()
+        finally:
+            body.close()
+
+    def size(self, key):
+        return self._call(f"cannot stat {key}", self.client.head_object, Key=self._key(key))["ContentLength"]
+
+    def open(self, key):
+        size = self.size(key)
+        return _RangedReader(self, self._key(key), size)
+
+    def exists(self, key):
+        try:
+            self.size(key)
+            return True
+        except NotFound:
+            return False
+
+    def put(self, key, data, overwrite=False):
+        full = self._key(key)
+        if not overwrite and self.exists(key):
+            return False
+        kwargs = {} if overwrite else {"IfNoneMatch": "*"}
+        return self._put_object(full, data, kwargs, key)
+
+    def _put_object(self, full, data, kwargs, key):
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=full, Body=data, **kwargs)
+            return True
+        except ClientError as err:
+            code = _error_code(err)
+            if code in ("PreconditionFailed", "ConditionalRequestConflict") or _status(err) == 412:
+                return False  # someone published it first: content-addressed, so the same bytes
+            if code == "NotImplemented" and kwargs:
+                # A store without conditional writes: we checked existence just before.
+                return self._put_object(full, data, {}, key)
+            raise self._fail(err, f"cannot write {key}") from None
+        except BotoCoreError as err:
+            raise self._fail(err, f"cannot write {key}") from None
+
+    def writer(self, key, overwrite=False):
+        return _MultipartWriter(self, key, overwrite)
+
+    def put_file(self, key, path, overwrite=False):
+        try:
+            if not overwrite and self.exists(key):
+                return False
+            writer = _MultipartWriter(self, key, overwrite, checked=True)
+            try:
+                with open(path, "rb") as f:
+                    while chunk := f.read(PART_SIZE):
+                        writer.write(chunk)
+                return writer.commit()
+            except BaseException:
+                writer.abort()
+                raise
+        finally:
+            if os.path.exists(path):
+                os.unlink(path)
+
+    def list(self, prefix=""):
+        paginator = self.client.get_paginator("list_objects_v2")
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix + prefix):
+                for item in page.get("Contents") or []:
+                    yield item["Key"][len(self.prefix):]
+        except (ClientError, BotoCoreError) as err:
+            raise self._fail(err, "cannot list") from None
+
+    def delete(self, key):
+        self._call(f"cannot delete {key}", self.client.delete_object, Key=self._key(key))
+
+    def presign(self, key, expires):
+        """A GET URL for key valid for `expires` seconds (SigV4, at most 7 days)."""
+        return self.client.generate_presigned_url("get_object", Params={"Bucket": self.bucket, "Key": self._key(key)},
+                                                  ExpiresIn=expires)
+
+
+class _MultipartWriter:
+    """Streams an object up in PART_SIZE parts, PARALLEL in flight; small objects are one PUT.
+
+    Memory is bounded by (PARALLEL + 1) parts. The object appears only when the upload
+    completes; abort() (or a failure) removes the parts.
+    """
+
+    def __init__(self, backend, key, overwrite, checked=False):
+        self.backend, self.key, self.overwrite = backend, key, overwrite
+        self.full = backend._key(key)
+        self.buf = bytearray()
+        self.upload_id = None
+        self.futures = []
+        self.pool = None
+        self.slots = threading.Semaphore(PARALLEL)
+        self.checked = checked
+
+    def write(self, data):
+        self.buf += data
+        while len(self.buf) >= PART_SIZE:
+            part = bytes(self.buf[:PART_SIZE])
+            del self.buf[:PART_SIZE]
+            self._send(part)
+
+    def _send(self, body):
+        client = self.backend.client
+        if self.upload_id is None:
+            self.upload_id = self.backend._call(f"cannot write {self.key}", client.create_multipart_upload,
+                                                Key=self.full)["UploadId"]
+            self.pool = ThreadPoolExecutor(PARALLEL)
+        number = len(self.futures) + 1
+        self.slots.acquire()
+
+        def upload():
+            try:
+                # botocore retries throttling, 5xx and dropped connections for this part alone.
+                return self.backend._call(f"cannot write {self.key}", client.upload_part, Key=self.full,
+                                          UploadId=self.upload_id, PartNumber=number, Body=body)["ETag"]
+            finally:
+                self.slots.release()
+
+        self.futures.append(self.pool.submit(upload))
+
+    def commit(self):
+        if self.upload_id is None:
+            if not self.overwrite and not self.checked and self.backend.exists(self.key):
+                return False
+            return self.backend._put_object(self.full, bytes(self.buf), {} if self.overwrite else {"IfNoneMatch": "*"},
+                                            self.key)
+        try:
+            if self.buf:
+                self._send(bytes(self.buf))
+                self.buf = bytearray()
+            parts = [{"PartNumber": i + 1, "ETag": f.result()} for i, f in enumerate(self.futures)]
+            return self._complete(parts)
+        except BaseException:
+            self.abort()
+            raise
+        finally:
+            self.pool.shutdown(wait=True)
+
+    def _complete(self, parts):
+        from botocore.exceptions import ClientError
+
+        kwargs = {} if self.overwrite else {"IfNoneMatch": "*"}
+        client = self.backend.client
+        try:
+            client.complete_multipart_upload(Bucket=self.backend.bucket, Key=self.full, UploadId=self.upload_id,
+                                             MultipartUpload={"Parts": parts}, **kwargs)
+            return True
+        except ClientError as err:
+            code = _error_code(err)
+            if code in ("PreconditionFailed", "ConditionalRequestConflict") or _status(err) == 412:
+                self.abort()
+                return False
+            if code == "NotImplemented" and kwargs:
+                self.backend._call(f"cannot write {self.key}", client.complete_multipart_upload, Key=self.full,
+                                   UploadId=self.upload_id, MultipartUpload={"Parts": parts})
+                return True
+            raise self.backend._fail(err, f"cannot write {self.key}") from None
+
+    def abort(self):
+        if self.upload_id is None:
+            return
+        for future in self.futures:
+            future.cancel()
+        try:
+            self.backend.client.abort_multipart_upload(Bucket=self.backend.bucket, Key=self.full,
+                                                       UploadId=self.upload_id)
+        except Exception:
+            pass  # best effort: an abandoned upload is invisible and a lifecycle rule reaps it
+        self.upload_id = None
+
+
+class _RangedReader:
+    """Reads an object with up to PARALLEL ranged GETs in flight, returning bytes in order."""
+
+    def __init__(self, backend, full, size):
+        self.backend, self.full, self.size = backend, full, size
+        self.next_offset = 0
+        self.pending = []
+        self.buf = memoryview(b"")
+        self.pool = ThreadPoolExecutor(PARALLEL) if size > PART_SIZE else None
+        self._fill()
+
+    def _fetch(self, start, end):
+        client = self.backend.client
+        key = self.full[len(self.backend.prefix):]
+        body = self.backend._call(f"cannot read {key}", client.get_object, Key=self.full,
+                                  Range=f"bytes={start}-{end - 1}")["Body"]
+        try:
+            data = body.read()
+        finally:
+            body.close()
+        if len(data) != end - start:
+            raise StorageError(f"short read of {key} from S3 ({len(data)} of {end - start} bytes)")
+        return data
+
+    def _fill(self):
+        while self.next_offset < self.size and len(self.pending) < PARALLEL:
+            start, end = self.next_offset, min(self.next_offset + PART_SIZE, self.size)
+            self.next_offset = end
+            if self.pool is None:
+                self.pending.append(_Done(self._fetch(start, end)))
+            else:
+                self.pending.append(self.pool.submit(self._fetch, start, end))
+
+    def read(self, n=-1):
+        if not self.buf:
+            if not self.pending:
+                return b""
+            self.buf = memoryview(self.pending.pop(0).result())
+            self._fill()
+        if n < 0 or n >= len(self.buf):
+            data, self.buf = bytes(self.buf), memoryview(b"")
+            return data
+        data, self.buf = bytes(self.buf[:n]), self.buf[n:]
+        return data
+
+    def close(self):
+        for future in self.pending:
+            if hasattr(future, "cancel"):
+                future.cancel()
+        self.pending = []
+        if self.pool is not None:
+            self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+class _Done:
+    def __init__(self, value):
+        self.value = value
+
+    def result(self):
+        return self.value
