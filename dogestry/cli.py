@@ -35,6 +35,7 @@ COMMANDS = [
     Command("push", PORCELAIN, "push"),
     Command("pull", PORCELAIN, "pull"),
     Command("remote", PORCELAIN, "remote"),
+    Command("share", PORCELAIN, "share"),
     Command("help", PORCELAIN, "help"),
     Command("save-to-repo", PLUMBING, "save_to_repo"),
     Command("resolve-ref", PLUMBING, "resolve_ref"),

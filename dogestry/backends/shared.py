@@ -1,0 +1,121 @@
+"""A read-only repository behind one pre-signed URL (written by `dogestry share`).
+
+The URL points at a share index: a JSON object that maps each repository key an image
+needs to a pre-signed GET URL, and carries the shared refs themselves. Pulling through
+it needs no configuration and no credentials. Signed query strings never appear in
+output (mask_url).
+"""
+
+import json
+import re
+import time
+import urllib.error
+import urllib.request
+from datetime import datetime, timezone
+
+from ..errors import NotFound, StorageError
+from . import Backend, check_key, mask_url
+
+SHARE_FORMAT = "dogestry-share"
+SHARE_VERSION = 1
+TIMEOUT = 60
+
+
+def _refusal(err, what):
+    """One line for an HTTP refusal from S3, naming expiry and tampering plainly."""
+    body = b""
+    try:
+        body = err.read(4096)
+    except Exception:
+        pass
+    code = re.search(rb"<Code>([^<]*)</Code>", body)
+    message = re.search(rb"<Message>([^<]*)</Message>", body)
+    code = code.group(1).decode() if code else str(err.code)
+    message = message.group(1).decode() if message else err.reason
+    if "expired" in message.lower() or code in ("ExpiredToken", "RequestExpired"):
+        return StorageError(f"{what}: the shared URL has expired; ask for a new one (dogestry share)")
+    if code in ("SignatureDoesNotMatch", "AuthorizationQueryParametersError", "InvalidAccessKeyId",
+                "AccessDenied") or err.code == 403:
+        return StorageError(f"{what}: the shared URL was refused ({code}): it was altered, or the "
+                            "credentials that signed it were revoked")
+    if err.code == 404:
+        return StorageError(f"{what}: nothing at the shared URL (404 {code})")
+    return StorageError(f"{what}: HTTP {err.code} {code} from the shared URL")
+
+
+def _get(url, what, headers=None):
+    request = urllib.request.Request(url, headers=headers or {})
+    for attempt in range(4):
+        try:
+            return urllib.request.urlopen(request, timeout=TIMEOUT)
+        except urllib.error.HTTPError as err:
+            if err.code >= 500 and attempt < 3:
+                time.sleep(0.5 * 2 ** attempt)
+                continue
+            raise _refusal(err, what) from None
+        except (urllib.error.URLError, OSError) as err:
+            if attempt < 3:
+                time.sleep(0.5 * 2 ** attempt)
+                continue
+            reason = getattr(err, "reason", err)
+            raise StorageError(f"{what}: cannot reach {mask_url(url)} ({reason})") from None
+
+
+class SharedBackend(Backend):
+    kind = "shared-url"
+
+    def __init__(self, url, temp_dir=None):
+        super().__init__(url, temp_dir)
+        self._index = None
+
+    def location(self):
+        return mask_url(self.url)
+
+    @property
+    def index(self):
+        if self._index is None:
+            with _get(self.url, "cannot read the share index") as response:
+                data = response.read()
+            try:
+                index = json.loads(data)
+                if index.get("format") != SHARE_FORMAT:
+                    raise ValueError
+            except ValueError:
+                raise StorageError(f"{self.location()} is not a dogestry share index") from None
+            if index.get("version") != SHARE_VERSION:
+                raise StorageError(f"{self.location()} is a share index of version {index.get('version')}; "
+                                   f"this dogestry reads version {SHARE_VERSION}: upgrade dogestry")
+            expires = index.get("expires")
+            if expires and datetime.fromisoformat(expires.replace("Z", "+00:00")) < datetime.now(timezone.utc):
+                raise StorageError(f"the shared URL expired at {expires}; ask for a new one (dogestry share)")
+            self._index = index
+        return self._index
+
+    def _url(self, key):
+        check_key(key)
+        url = self.index.get("objects", {}).get(key)
+        if url is None:
+            raise NotFound(f"{key} is not part of the share {self.location()}")
+        return url
+
+    def get(self, key):
+        refs = self.index.get("refs", {})
+        if key in refs:
+            return f"{refs[key]}\n".encode()
+        with _get(self._url(key), f"cannot read {key}") as response:
+            return response.read()
+
+    def open(self, key):
+        return _get(self._url(key), f"cannot read {key}")
+
+    def exists(self, key):
+        return key in self.index.get("objects", {}) or key in self.index.get("refs", {})
+
+    def list(self, prefix=""):
+        keys = set(self.index.get("objects", {})) | set(self.index.get("refs", {}))
+        return iter(sorted(k for k in keys if k.startswith(prefix)))
+
+    def _read_only(self, *args, **kwargs):
+        raise StorageError(f"{self.location()} is a read-only shared URL; push to the remote itself")
+
+    put = put_file = writer = delete = _read_only
