@@ -12,6 +12,7 @@ imported only when an s3:// remote is used.
 import os
 import stat
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import parse_qs, urlsplit
 
@@ -176,11 +177,36 @@ class S3Backend(Backend):
 
     # -- the backend contract ---------------------------------------------------------
     def get(self, key):
-        body = self._call(f"cannot read {key}", self.client.get_object, Key=self._key(key))["Body"]
-        try:
-            return body.read()
-        finally:
-            body.close()
+        return self._read(self._key(key))
+
+    def _read(self, full, start=None, end=None):
+        """GET an object or a range, retrying when the body breaks off mid-transfer.
+
+        botocore retries a failed request, but not a response body that is cut short
+        after the headers arrived; that is retried here, the range alone.
+        """
+        from botocore.exceptions import ConnectionClosedError, IncompleteReadError, ReadTimeoutError, \
+            ResponseStreamingError
+
+        key = full[len(self.prefix):]
+        kwargs = {"Key": full}
+        if start is not None:
+            kwargs["Range"] = f"bytes={start}-{end - 1}"
+        for attempt in range(MAX_ATTEMPTS):
+            body = self._call(f"cannot read {key}", self.client.get_object, **kwargs)["Body"]
+            try:
+                data = body.read()
+                if start is not None and len(data) != end - start:
+                    raise IncompleteReadError(actual_bytes=len(data), expected_bytes=end - start)
+                return data
+            except (IncompleteReadError, ResponseStreamingError, ConnectionClosedError, ReadTimeoutError,
+                    ConnectionError) as err:
+                if attempt == MAX_ATTEMPTS - 1:
+                    raise StorageError(f"cannot read {key}: the transfer from S3 kept breaking off "
+                                       f"({type(err).__name__})") from None
+                time.sleep(min(0.2 * 2 ** attempt, 5))
+            finally:
+                body.close()
 
     def size(self, key):
         return self._call(f"cannot stat {key}", self.client.head_object, Key=self._key(key))["ContentLength"]
@@ -366,17 +392,7 @@ class _RangedReader:
         self._fill()
 
     def _fetch(self, start, end):
-        client = self.backend.client
-        key = self.full[len(self.backend.prefix):]
-        body = self.backend._call(f"cannot read {key}", client.get_object, Key=self.full,
-                                  Range=f"bytes={start}-{end - 1}")["Body"]
-        try:
-            data = body.read()
-        finally:
-            body.close()
-        if len(data) != end - start:
-            raise StorageError(f"short read of {key} from S3 ({len(data)} of {end - start} bytes)")
-        return data
+        return self.backend._read(self.full, start, end)
 
     def _fill(self):
         while self.next_offset < self.size and len(self.pending) < PARALLEL:

@@ -50,6 +50,13 @@ def _remote_copy(repo, found, ref):
     return None
 
 
+def _current(repo, ref):
+    try:
+        return repo.get_ref(ref)
+    except NotFound:
+        return None
+
+
 def push(ctx, remote, names):
     """Push names to remote; return [(image_id, Ref or None)]."""
     repo = ctx.repo(remote)
@@ -67,7 +74,7 @@ def push(ctx, remote, names):
     if to_save:
         done += save_images(ctx, repo, to_save)
     for image_id, ref in done:
-        if ref is not None:
+        if ref is not None and _current(repo, ref) != image_id:  # an unchanged ref costs no write
             update(repo, ref, image_id)
     ctx.info(f"pushed {len(done)} image(s) to {repo.location} in {time.monotonic() - started:.1f}s")
     return done

@@ -1,0 +1,169 @@
+"""S3 remotes against real S3 servers (SeaweedFS, strict like AWS; moto, lenient) and a real engine."""
+
+import os
+import time
+import uuid
+
+import pytest
+
+from conftest import S3Server, dogestry
+from faultproxy import Fault, FaultProxy
+
+
+@pytest.fixture
+def d20(engine_named):
+    return engine_named("d20")
+
+
+def _prefix():
+    return f"it-{uuid.uuid4().hex[:12]}"
+
+
+def _image_with_big_layer(engine, unique, size=20 << 20):
+    engine.import_base(f"t{unique}/base:1")
+    engine.build(f"t{unique}/app:1", f"t{unique}/base:1", {"hello.txt": f"hello {unique}\n"}, big=size)
+    engine.build(f"t{unique}/app:2", f"t{unique}/app:1", {"two.txt": "two\n"}, run="echo 2 > /r2.txt")
+
+
+def test_round_trip_with_multipart_layers(s3, d20, unique):
+    prefix = _prefix()
+    url = s3.url(prefix)
+    _image_with_big_layer(d20, unique)
+    env = s3.env(d20.env())
+    image_id = dogestry("push", url, f"t{unique}/app:1", env=env).stdout.split()[0].decode()
+    layers = d20.layers(f"t{unique}/app:1")
+    stored = s3.client().head_object(Bucket="dogestry-test", Key=f"{prefix}/layers/sha256/{layers[2][7:]}")  # COPY big.bin
+    assert stored["ContentLength"] > 16 << 20 and "-" in stored["ETag"]  # a real multipart object
+    d20.rmi(f"t{unique}/app:2", f"t{unique}/app:1", f"t{unique}/base:1")
+    dogestry("pull", url, f"t{unique}/app:1", env=env)
+    assert d20.inspect(f"t{unique}/app:1")["Id"] == image_id
+    assert d20.layers(f"t{unique}/app:1") == layers
+    assert d20.run(f"t{unique}/app:1") == f"hello {unique}\n"
+
+
+def test_second_push_uploads_nothing_and_pull_fetches_only_the_missing_layer(seaweed, d20, unique):
+    prefix = _prefix()
+    _image_with_big_layer(d20, unique, size=1 << 20)
+    env = seaweed.env(d20.env())
+    with FaultProxy(seaweed.endpoint) as proxy:
+        url = f"s3://dogestry-test/{prefix}/?endpoint={proxy.url}"
+        dogestry("push", url, f"t{unique}/app:1", f"t{unique}/app:2", env=env)
+        assert proxy.requests("PUT")
+        before = len(proxy.log)
+        started = time.time()
+        dogestry("push", url, f"t{unique}/app:1", f"t{unique}/app:2", env=env)
+        again = proxy.log[before:]
+        assert [r for r in again if r[0] in ("PUT", "POST", "DELETE")] == []
+        assert d20.save_events(started) == []
+
+        layers1, layers2 = d20.layers(f"t{unique}/app:1"), d20.layers(f"t{unique}/app:2")
+        d20.rmi(f"t{unique}/app:2")
+        before = len(proxy.log)
+        dogestry("pull", url, f"t{unique}/app:2", env=env)
+        fetched = {path.split("?")[0].rsplit("/", 1)[1] for method, path, _ in proxy.log[before:]
+                   if method == "GET" and "/layers/sha256/" in path and not path.split("?")[0].endswith(".json")}
+        assert fetched == {d[7:] for d in layers2 if d not in layers1}
+    assert d20.run(f"t{unique}/app:2", "cat", "/two.txt") == "two\n"
+
+
+def test_injected_5xx_and_dropped_connections_are_retried(seaweed, d20, unique):
+    prefix = _prefix()
+    _image_with_big_layer(d20, unique, size=20 << 20)
+    env = seaweed.env(d20.env())
+    big = d20.layers(f"t{unique}/app:1")[2][7:]  # COPY big.bin
+    with FaultProxy(seaweed.endpoint) as proxy:
+        url = f"s3://dogestry-test/{prefix}/?endpoint={proxy.url}"
+        proxy.faults = [Fault("PUT", "partNumber=2", "503"), Fault("PUT", "partNumber=3", "drop-request")]
+        dogestry("push", url, f"t{unique}/app:1", env=env)
+        assert [s for _, _, s in proxy.requests("PUT", "partNumber=2")][:2] == [503, 200]
+        assert [s for _, _, s in proxy.requests("PUT", "partNumber=3")][:2] == ["dropped", 200]
+        assert all(f.times == 0 for f in proxy.faults)
+
+        d20.rmi(f"t{unique}/app:2", f"t{unique}/app:1", f"t{unique}/base:1")
+        proxy.faults = [Fault("GET", f"layers/sha256/{big}", "503"), Fault("GET", f"layers/sha256/{big}", "drop-response")]
+        dogestry("pull", url, f"t{unique}/app:1", env=env)
+        statuses = [s for _, path, s in proxy.requests("GET", f"layers/sha256/{big}") if ".json" not in path]
+        assert 503 in statuses and "dropped" in statuses
+        assert all(f.times == 0 for f in proxy.faults)
+    assert d20.run(f"t{unique}/app:1", "cat", "/hello.txt") == f"hello {unique}\n"
+
+
+def test_legacy_credential_variables(seaweed, d20, unique):
+    d20.import_base(f"t{unique}/base:1")
+    env = seaweed.env(d20.env())
+    env["AWS_ACCESS_KEY"], env["AWS_SECRET_KEY"] = env.pop("AWS_ACCESS_KEY_ID"), env.pop("AWS_SECRET_ACCESS_KEY")
+    dogestry("push", seaweed.url(_prefix()), f"t{unique}/base:1", env=env)
+
+
+def test_config_file_credentials_and_alias(seaweed, d20, unique, tmp_path):
+    d20.import_base(f"t{unique}/base:1")
+    cfg = tmp_path / "dogestry.cfg"
+    cfg.write_text(f'[remote "central"]\n  url = {seaweed.url(_prefix())}\n'
+                   f"[s3]\n  access-key-id = {seaweed.key_id}\n  secret-key = {seaweed.secret}\n")
+    env = {k: v for k, v in d20.env().items() if not k.startswith("AWS_")}
+    cfg.chmod(0o644)
+    out = dogestry("--config", str(cfg), "push", "central", f"t{unique}/base:1", env=env)
+    assert "readable by other users" in out.stderr.decode()
+    assert seaweed.secret not in out.stderr.decode()
+    cfg.chmod(0o600)
+    out = dogestry("--config", str(cfg), "push", "central", f"t{unique}/base:1", env=env)
+    assert "readable" not in out.stderr.decode()
+
+
+def test_wrong_secret_missing_bucket_unreachable_endpoint(seaweed, d20, unique):
+    d20.import_base(f"t{unique}/base:1")
+    prefix = _prefix()
+    env = seaweed.env(d20.env())
+    env["AWS_SECRET_ACCESS_KEY"] = "not-the-secret"
+    cases = [
+        (seaweed.url(prefix), env, "denied"),
+        (f"s3://no-such-bucket-{unique}/{prefix}/?endpoint={seaweed.endpoint}", seaweed.env(d20.env()), "does not exist"),
+        (f"s3://dogestry-test/{prefix}/?endpoint=http://127.0.0.1:9", seaweed.env(d20.env()), "cannot reach"),
+    ]
+    for url, case_env, message in cases:
+        out = dogestry("push", url, f"t{unique}/base:1", env=case_env, check=False)
+        err = out.stderr.decode().strip()
+        assert out.returncode == 1 and len(err.splitlines()) == 1 and message in err, err
+        assert "not-the-secret" not in err and seaweed.secret not in err
+    assert seaweed.keys(prefix) == []
+
+
+def test_share_pulls_with_no_credentials_and_refuses_expired_or_altered_urls(seaweed, d20, unique):
+    prefix = _prefix()
+    d20.import_base(f"t{unique}/base:1")
+    d20.build(f"t{unique}/app:1", f"t{unique}/base:1", {"hello.txt": "shared\n"})
+    env = seaweed.env(d20.env())
+    url = seaweed.url(prefix)
+    dogestry("push", url, f"t{unique}/app:1", env=env)
+    shared = dogestry("share", url, f"t{unique}/app:1", "--expires", "1h", env=env).stdout.decode().strip()
+    assert shared.startswith(seaweed.endpoint) and "X-Amz-Signature=" in shared
+    bare = {k: v for k, v in d20.env().items() if not k.startswith("AWS_")}
+    bare["HOME"] = str(os.path.join("/nonexistent", unique))  # no ~/.aws either
+    d20.rmi(f"t{unique}/app:1", f"t{unique}/base:1")
+    out = dogestry("pull", shared, f"t{unique}/app:1", env=bare)
+    assert seaweed.key_id not in out.stderr.decode() and "Signature" not in out.stderr.decode()
+    assert d20.run(f"t{unique}/app:1") == "shared\n"
+    assert dogestry("show-ref", shared, env=bare).stdout.decode().split()[1] == f"t{unique}/app:1"
+
+    tampered = shared.replace("X-Amz-Signature=", "X-Amz-Signature=0")
+    out = dogestry("pull", tampered, f"t{unique}/app:1", env=bare, check=False)
+    assert out.returncode == 1 and "refused" in out.stderr.decode() and "X-Amz" not in out.stderr.decode()
+
+    short = dogestry("share", url, f"t{unique}/app:1", "--expires", "1s", env=env).stdout.decode().strip()
+    time.sleep(2.5)
+    out = dogestry("pull", short, f"t{unique}/app:1", env=bare, check=False)
+    assert out.returncode == 1 and "expired" in out.stderr.decode()
+
+    out = dogestry("share", url, f"t{unique}/app:1", "--expires", "8d", env=env, check=False)
+    assert out.returncode == 2 and "7d" in out.stderr.decode()
+    d20.api.tag(f"t{unique}/app:1", f"t{unique}/app", "new")
+    d20.created.append(f"t{unique}/app:new")
+    out = dogestry("push", shared, f"t{unique}/app:new", env=bare, check=False)
+    assert out.returncode == 1 and "read-only" in out.stderr.decode()
+
+
+def test_s3_url_options_are_checked():
+    out = dogestry("remote", "s3://bucket/p/?regoin=us-west-2", check=False)
+    assert out.returncode == 2 and "regoin" in out.stderr.decode()
+    out = dogestry("remote", "s3:///p/", check=False)
+    assert out.returncode == 2 and "no bucket" in out.stderr.decode()
