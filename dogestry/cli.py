@@ -37,6 +37,7 @@ COMMANDS = [
     Command("remote", PORCELAIN, "remote"),
     Command("share", PORCELAIN, "share"),
     Command("help", PORCELAIN, "help"),
+    Command("completion", PORCELAIN, "completion"),
     Command("save-to-repo", PLUMBING, "save_to_repo"),
     Command("resolve-ref", PLUMBING, "resolve_ref"),
     Command("walk-ancestry", PLUMBING, "walk_ancestry"),
@@ -73,8 +74,22 @@ def build_parser():
         module = command.module
         p = sub.add_parser(command.name, help=module.SUMMARY, description=module.SUMMARY)
         module.add_arguments(p)
+        _attach_completers(p)
         p.set_defaults(func=module.run)
     return parser
+
+
+def _attach_completers(parser):
+    """Completers by argument role, so every command that takes a REMOTE completes it alike."""
+    from . import completion
+
+    for action in parser._actions:
+        if action.dest in ("remote", "repo", "src", "dst"):
+            action.completer = completion.remotes
+        elif parser.prog.endswith(("push", "save-to-repo")) and action.dest == "images":
+            action.completer = completion.engine_images
+        elif action.dest in ("images", "refs", "image_id", "image_ids", "ref"):
+            action.completer = completion.remote_refs
 
 
 def _command_word(argv):

@@ -21,6 +21,7 @@ import os
 from . import compress
 from .digests import hex_of, is_digest, sha256_digest
 from .errors import CorruptObject, DogestryError, NotFound, UsageError
+from .pipeline import Stage, produce
 from .refs import Ref, looks_like_id, normalize_id, parse_ref
 
 FORMAT_KEY = "dogestry.json"
@@ -182,24 +183,37 @@ class Repository:
         codec = self.codec
         comp = compress.compressor(codec)
         diff_hash, stored_hash = hashlib.sha256(), hashlib.sha256()
-        size = uncompressed = 0
+        sizes = {"stored": 0, "uncompressed": 0}
         if expect_diff_id:
             sink = self.backend.writer(layer_key(expect_diff_id))
         else:
             sink = self.backend.spool()
+
+        def encode(chunk):
+            out = comp.compress(chunk) if chunk is not None else comp.flush()
+            if out:
+                stored_hash.update(out)
+                sizes["stored"] += len(out)
+                sink.write(out)
+
+        # Reading (this thread), hashing and compressing+writing overlap.
+        hasher, encoder = Stage(diff_hash.update, name="dogestry-hash"), Stage(encode, name="dogestry-encode")
         try:
-            for chunk in chunks:
-                diff_hash.update(chunk)
-                uncompressed += len(chunk)
-                out = comp.compress(chunk)
-                if out:
-                    stored_hash.update(out)
-                    size += len(out)
-                    sink.write(out)
-            out = comp.flush()
-            stored_hash.update(out)
-            size += len(out)
-            sink.write(out)
+            try:
+                for chunk in chunks:
+                    sizes["uncompressed"] += len(chunk)
+                    hasher.put(chunk)
+                    encoder.put(chunk)
+                encoder.put(None)  # flush the codec
+            except BaseException:
+                hasher.abandon()
+                encoder.abandon()
+                raise
+            try:
+                hasher.close()
+            finally:
+                encoder.close()
+            size, uncompressed = sizes["stored"], sizes["uncompressed"]
             diff_id = "sha256:" + diff_hash.hexdigest()
             if expect_diff_id and diff_id != expect_diff_id:
                 raise CorruptObject(f"layer {expect_diff_id} read from the image export has digest {diff_id}")
@@ -230,51 +244,57 @@ class Repository:
     def layer_chunks(self, desc):
         """Yield the layer's uncompressed bytes, verifying digests and sizes as they stream.
 
-        Raises CorruptObject as soon as the stored bytes exceed their recorded size, and at
-        the end when a digest differs, before the caller can use a damaged last chunk.
+        A thread reads, hashes and decompresses ahead of the consumer. CorruptObject is
+        raised as soon as the bytes exceed their recorded sizes, and at the end when a
+        digest differs, before the last chunk is handed on, so a load fed from here is cut
+        short instead of completing with damaged content.
         """
         self.check_format()
         key = layer_key(desc.diff_id)
         where = f"layer {desc.diff_id} ({key} in {self.location})"
-        decomp = compress.decompressor(desc.codec)
-        stored_hash, diff_hash = hashlib.sha256(), hashlib.sha256()
-        size = uncompressed = 0
-        reader = self.backend.open(key)
-        try:
-            pending = b""
-            while True:
-                data = reader.read(CHUNK)
-                if not data:
-                    break
-                size += len(data)
-                if size > desc.size:
-                    raise CorruptObject(f"{where} is corrupt: larger than its recorded {desc.size} bytes")
-                stored_hash.update(data)
+
+        def decode():
+            decomp = compress.decompressor(desc.codec)
+            stored_hash = hashlib.sha256()
+            size = 0
+            reader = self.backend.open(key)
+            try:
+                while data := reader.read(CHUNK):
+                    size += len(data)
+                    if size > desc.size:
+                        raise CorruptObject(f"{where} is corrupt: larger than its recorded {desc.size} bytes")
+                    stored_hash.update(data)
+                    try:
+                        out = decomp.decompress(data)
+                    except ValueError as err:
+                        raise CorruptObject(f"{where} is corrupt: {err}") from None
+                    if out:
+                        yield out
                 try:
-                    out = decomp.decompress(data)
+                    decomp.end()
                 except ValueError as err:
                     raise CorruptObject(f"{where} is corrupt: {err}") from None
-                if out:
-                    uncompressed += len(out)
-                    if uncompressed > desc.uncompressed_size:
-                        raise CorruptObject(f"{where} is corrupt: expands beyond its recorded size")
-                    diff_hash.update(out)
-                    # Hold back one chunk so a damaged tail is caught before it is passed on.
-                    if pending:
-                        yield pending
-                    pending = out
-            try:
-                decomp.end()
-            except ValueError as err:
-                raise CorruptObject(f"{where} is corrupt: {err}") from None
+            finally:
+                reader.close()
             if "sha256:" + stored_hash.hexdigest() != desc.digest or size != desc.size:
                 raise CorruptObject(f"{where} is corrupt: stored bytes do not match digest {desc.digest}")
-            if "sha256:" + diff_hash.hexdigest() != desc.diff_id or uncompressed != desc.uncompressed_size:
-                raise CorruptObject(f"{where} is corrupt: its content does not match its diffID")
+
+        diff_hash = hashlib.sha256()
+        uncompressed = 0
+        pending = b""
+        for out in produce(decode, name="dogestry-decode"):
+            uncompressed += len(out)
+            if uncompressed > desc.uncompressed_size:
+                raise CorruptObject(f"{where} is corrupt: expands beyond its recorded size")
+            diff_hash.update(out)
+            # Hold back one chunk so a damaged tail is caught before it is passed on.
             if pending:
                 yield pending
-        finally:
-            reader.close()
+            pending = out
+        if "sha256:" + diff_hash.hexdigest() != desc.diff_id or uncompressed != desc.uncompressed_size:
+            raise CorruptObject(f"{where} is corrupt: its content does not match its diffID")
+        if pending:
+            yield pending
 
     def stored_chunks(self, desc):
         """Yield the layer's stored bytes as they are, verified against the descriptor."""
