@@ -22,6 +22,7 @@ class Context:
         self.inp = inp or sys.stdin
         self.codec = codec or self.config.codec()
         self._engine = None
+        self.progress = None
 
     @property
     def engine(self):
@@ -34,12 +35,24 @@ class Context:
         url = self.config.remote_url(remote)
         return Repository(open_backend(url, temp_dir=self.config.temp_dir(), config=self.config), codec=self.codec)
 
+    def start_progress(self, verb):
+        """A Progress line on stderr: drawn only on a terminal and without -q."""
+        from .progress import Progress
+
+        isatty = getattr(self.err, "isatty", lambda: False)()
+        self.progress = Progress(self.err, isatty and self.verbosity >= 0, verb)
+        return self.progress
+
     def info(self, message):
-        """Progress and outcomes people read; silenced by -q."""
+        """Outcomes people read; silenced by -q."""
         if self.verbosity >= 0:
+            if self.progress is not None:
+                self.progress.clear()
             print(message, file=self.err, flush=True)
 
     def detail(self, message):
         """Each decision (skipped, stored, verified); shown with -v."""
         if self.verbosity > 0:
+            if self.progress is not None:
+                self.progress.clear()
             print(message, file=self.err, flush=True)

@@ -230,13 +230,19 @@ class SavedImage:
         self.repo_tags = repo_tags
 
 
-def scan_save_stream(fileobj, store_layer, have_layer):
+def scan_save_stream(fileobj, store_layer, have_layer, progress=None):
     """Read a `docker save` stream once, storing layers as they pass.
 
     store_layer(chunks, expect_diff_id) stores an uncompressed layer and returns a result
     with `.diff_id`; have_layer(diff_id) says the destination already holds it, so a blob
-    named by its diffID can be skipped unread. Returns [SavedImage].
+    named by its diffID can be skipped unread. progress (a progress.Progress) sees each
+    layer's bytes. Returns [SavedImage].
     """
+    def tracked(entry, first):
+        chunks = entry.chunks(first)
+        return progress.track(chunks, entry.name.split("/")[-2 if entry.name.endswith("layer.tar") else -1],
+                              entry.size) if progress else chunks
+
     small = {}       # path -> bytes: configs, manifests, small blobs
     stored = {}      # path -> store_layer result
     links = {}       # path -> target path
@@ -255,17 +261,19 @@ def scan_save_stream(fileobj, store_layer, have_layer):
             seen_manifest = True
         if name.endswith("/layer.tar") and name.count("/") == 1:
             first = entry.read(CHUNK)
-            stored[name] = store_layer(uncompressed_chunks(first, entry.chunks(first)), None)
+            stored[name] = store_layer(uncompressed_chunks(first, tracked(entry, first)), None)
         elif name.startswith("blobs/sha256/") and name.count("/") == 2:
             digest = "sha256:" + name.rsplit("/", 1)[1]
             if entry.size <= SMALL_BLOB:
                 small[name] = entry.read(entry.size) if entry.size else b""
             elif have_layer(digest):
                 entry.drain()
+                if progress:
+                    progress.skip(digest, entry.size)
                 stored[name] = _Known(digest)
             else:
                 first = entry.read(CHUNK)
-                chunks = entry.chunks(first)
+                chunks = tracked(entry, first)
                 compressed = first.startswith(GZIP_MAGIC) or first.startswith(ZSTD_MAGIC)
                 stored[name] = store_layer(uncompressed_chunks(first, chunks), None if compressed else digest)
         elif "/" not in name and (name.endswith(".json") or name in ("repositories", "oci-layout")):

@@ -66,11 +66,33 @@ def plan(ctx, repo, items, missing_in_docker):
     return to_load, to_tag
 
 
+def _tracked_layers(ctx, repo, to_load, to_tag):
+    """layer_chunks that report to the progress line; skipped layers are counted first."""
+    progress = ctx.progress
+    if progress is None:
+        return repo.layer_chunks
+    sent = set()
+    for image in to_load:
+        for layer in image.layers:
+            if layer.diff_id not in image.include and layer.diff_id not in sent:
+                sent.add(layer.diff_id)
+                progress.skip(layer.diff_id, layer.uncompressed_size)
+    for image_id, _ in to_tag:
+        progress.skip(image_id, 0)
+    progress.set_total(sum(layer.uncompressed_size for image in to_load for layer in image.layers
+                           if layer.diff_id in image.include))
+    return lambda desc: progress.track(repo.layer_chunks(desc), desc.diff_id, desc.uncompressed_size)
+
+
 def load_images(ctx, repo, items, missing_in_docker=True):
     """Load [(image_id, [Ref])] into the engine, sending only what it lacks; tag them."""
     to_load, to_tag = plan(ctx, repo, items, missing_in_docker)
     if to_load:
-        ctx.engine.load(load_tar_chunks(to_load, repo.layer_chunks))
+        try:
+            ctx.engine.load(load_tar_chunks(to_load, _tracked_layers(ctx, repo, to_load, to_tag)))
+        finally:
+            if ctx.progress is not None:
+                ctx.progress.clear()
     for engine_id, tags in to_tag:
         for tag in tags:
             ctx.engine.tag(engine_id, tag)
@@ -79,14 +101,19 @@ def load_images(ctx, repo, items, missing_in_docker=True):
 
 def write_tar(ctx, repo, items, out, missing_in_docker=False):
     to_load, to_tag = plan(ctx, repo, items, missing_in_docker)
-    for chunk in load_tar_chunks(to_load, repo.layer_chunks):
-        out.write(chunk)
+    try:
+        for chunk in load_tar_chunks(to_load, _tracked_layers(ctx, repo, to_load, to_tag)):
+            out.write(chunk)
+    finally:
+        if ctx.progress is not None:
+            ctx.progress.clear()
     out.flush()
     return to_load, to_tag
 
 
 def run(ctx, args):
     repo = ctx.repo(args.repo)
+    ctx.start_progress("load" if args.load else "tar")
     tags = [parse_ref(t) for t in args.tag]
     if tags and len(args.image_ids) != 1:
         raise UsageError("--tag needs exactly one IMAGE-ID; for several images use --stdin with ref records")

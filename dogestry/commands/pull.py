@@ -4,8 +4,6 @@ Equivalent plumbing pipeline:
     dogestry resolve-ref REMOTE IMAGE... | dogestry build-load-tar --stdin --missing-in-docker --load REMOTE
 """
 
-import time
-
 from ..records import write_record
 from .build_load_tar import load_images
 from .resolve_ref import resolve
@@ -20,12 +18,11 @@ def add_arguments(p):
 
 def pull(ctx, remote, names):
     repo = ctx.repo(remote)
-    started = time.monotonic()
+    progress = ctx.start_progress("pull")
     resolved = resolve(repo, names)
     to_load, to_tag = load_images(ctx, repo, [(image_id, [ref] if ref else []) for image_id, ref in resolved])
-    layers = sum(len(image.include) for image in to_load)
-    ctx.info(f"pulled {len(resolved)} image(s) from {repo.location}: loaded {len(to_load)} "
-             f"({layers} layer(s)), {len(to_tag)} already present, in {time.monotonic() - started:.1f}s")
+    ctx.info(f"pulled {len(resolved)} image(s) from {repo.location} ({len(to_tag)} already present): "
+             f"{progress.summary('loaded')}")
     return resolved
 
 

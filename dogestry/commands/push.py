@@ -13,7 +13,7 @@ from ..dockertar import oci_manifest
 from ..errors import NotFound, UsageError
 from ..records import write_record
 from ..refs import looks_like_id, parse_ref
-from .save_to_repo import _is_ref_in_engine, save_images
+from .save_to_repo import Counts, _is_ref_in_engine, save_images
 from .update_ref import update
 
 SUMMARY = "push images (and their tags) to a remote"
@@ -61,6 +61,8 @@ def push(ctx, remote, names):
     """Push names to remote; return [(image_id, Ref or None)]."""
     repo = ctx.repo(remote)
     started = time.monotonic()
+    ctx.start_progress("push")
+    counts = Counts()
     done, to_save = [], []
     for name in names:
         ref = None if looks_like_id(name) and not _is_ref_in_engine(ctx, name) else parse_ref(name)
@@ -68,15 +70,19 @@ def push(ctx, remote, names):
         image_id = _remote_copy(repo, found, ref)
         if image_id:
             ctx.detail(f"skipped {ref or found['Id']}: {repo.location} already has image {image_id}")
+            layers = repo.get_image(image_id).layers
+            counts.skipped += len(layers)
+            counts.skipped_bytes += sum(layer.uncompressed_size for layer in layers)
             done.append((image_id, ref))
         else:
             to_save.append(name)
     if to_save:
-        done += save_images(ctx, repo, to_save)
+        done += save_images(ctx, repo, to_save, counts)
     for image_id, ref in done:
         if ref is not None and _current(repo, ref) != image_id:  # an unchanged ref costs no write
             update(repo, ref, image_id)
-    ctx.info(f"pushed {len(done)} image(s) to {repo.location} in {time.monotonic() - started:.1f}s")
+    ctx.info(f"pushed {len(done)} image(s) to {repo.location}: {counts.summary()} "
+             f"in {time.monotonic() - started:.1f}s")
     return done
 
 

@@ -27,31 +27,50 @@ class _Stored:
         self.diff_id = desc.diff_id
 
 
-def store_save_stream(ctx, repo, stream):
+class Counts:
+    """What a save moved and what it skipped, for the closing summary."""
+
+    def __init__(self):
+        self.stored = self.stored_bytes = self.skipped = self.skipped_bytes = 0
+
+    def summary(self):
+        from ..progress import human
+
+        return (f"stored {self.stored} layer(s) ({human(self.stored_bytes)}), "
+                f"skipped {self.skipped} ({human(self.skipped_bytes)})")
+
+
+def store_save_stream(ctx, repo, stream, counts=None):
     """Read a save stream into repo; return [SavedImage] whose layers are all stored."""
-    counts = {"stored": 0, "skipped": 0}
+    counts = counts or Counts()
 
     def store_layer(chunks, expect):
         desc, new = repo.store_layer(chunks, expect)
         if new:
-            counts["stored"] += 1
+            counts.stored += 1
+            counts.stored_bytes += desc.uncompressed_size
             ctx.detail(f"stored layer {desc.diff_id} ({desc.uncompressed_size} bytes, {desc.codec} {desc.size})")
         else:
-            counts["skipped"] += 1
+            counts.skipped += 1
+            counts.skipped_bytes += desc.uncompressed_size
             ctx.detail(f"skipped layer {desc.diff_id}: {repo.location} has it")
         return _Stored(desc)
 
     def have_layer(diff_id):
         if repo.has_layer(diff_id):
-            counts["skipped"] += 1
+            counts.skipped += 1
+            counts.skipped_bytes += repo.layer_descriptor(diff_id).uncompressed_size
             ctx.detail(f"skipped layer {diff_id}: {repo.location} has it")
             return True
         return False
 
     try:
-        images = scan_save_stream(stream, store_layer, have_layer)
+        images = scan_save_stream(stream, store_layer, have_layer, ctx.progress)
     except NotATar as err:
         raise DogestryError(f"cannot read the image export: {err}") from None
+    finally:
+        if ctx.progress is not None:
+            ctx.progress.clear()
     for image in images:
         layers = []
         for result in image.layer_results:
@@ -79,7 +98,7 @@ def _match(images, wanted, found):
     raise DogestryError(f"the engine's export does not contain {ref or image_id}")
 
 
-def save_images(ctx, repo, names):
+def save_images(ctx, repo, names, counts=None):
     """Export `names` from the engine into repo; return [(image_id, Ref or None)]."""
     requested = []
     for name in names:
@@ -87,9 +106,11 @@ def save_images(ctx, repo, names):
         found = ctx.engine.require(str(ref) if ref else name)
         requested.append(((found["Id"], ref), found))
     save_names = list(dict.fromkeys(str(ref) if ref else found["Id"] for (_, ref), found in requested))
+    if ctx.progress is not None:
+        ctx.progress.set_total(sum(found.get("Size") or 0 for _, found in requested))
     stream = ctx.engine.save(save_names)
     try:
-        images = store_save_stream(ctx, repo, stream)
+        images = store_save_stream(ctx, repo, stream, counts)
     finally:
         stream.close()
     return [(_match(images, wanted, found).id, wanted[1]) for wanted, found in requested]
@@ -109,6 +130,7 @@ def _is_ref_in_engine(ctx, name):
 
 def run(ctx, args):
     repo = ctx.repo(args.repo)
+    ctx.start_progress("save")
     if args.input:
         if args.images:
             raise UsageError("give either --input or IMAGE arguments, not both")
