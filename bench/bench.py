@@ -71,7 +71,9 @@ class Bench:
         if not shutil.which("aws"):
             sh(f"{sys.executable} -m pip install -q awscli")
         sh(f"{sys.executable} -m pip install -q -e '{ROOT}[test]'")
-        line = sh(f"DOGESTRY_ENGINES={self.args.engine} {ROOT}/scripts/engines up").strip()
+        # A private engine of its own: never one the test suite is using at the same time.
+        line = sh(f"DOGESTRY_ENGINES={self.args.engine} DOGESTRY_TEST_STATE=/var/lib/dogestry-bench "
+                  f"DOGESTRY_TEST_RUN=/run/dogestry-bench {ROOT}/scripts/engines up").strip()
         host = line.split("=", 2)[2]
         self.docker_env = dict(self.env, DOCKER_HOST=host)
         sh(f"{ROOT}/scripts/s3servers up")

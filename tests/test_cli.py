@@ -60,3 +60,10 @@ def test_engine_unreachable_is_one_line(tmp_path):
     assert out.stderr.decode().strip().splitlines() == [
         f"dogestry: cannot reach the Docker engine at unix://{tmp_path}/no.sock: is it running? "
         "(set --docker-host, [docker] connection or DOCKER_HOST)"]
+
+
+def test_help_command_shows_the_manual_page():
+    out = dogestry("help", "pull").stdout.decode()
+    assert "DOGESTRY-PULL(1)" in out and "SYNOPSIS" in out
+    out = dogestry("help", "nosuch", check=False)
+    assert out.returncode == 2

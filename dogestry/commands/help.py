@@ -3,6 +3,7 @@
 import os
 import shutil
 import subprocess
+import sys
 
 from ..errors import UsageError
 
@@ -14,9 +15,10 @@ def add_arguments(p):
 
 
 def man_page(name):
-    """Path of a man page shipped with this checkout or installed alongside the package."""
+    """Path of a man page in this checkout, or where `pip install` put it (data_files)."""
     here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    for candidate in (os.path.join(here, "man", name),):
+    section = "man" + name.rsplit(".", 1)[1]
+    for candidate in (os.path.join(here, "man", name), os.path.join(sys.prefix, "share", "man", section, name)):
         if os.path.exists(candidate):
             return candidate
     return None
@@ -37,7 +39,13 @@ def run(ctx, args):
     if args.topic not in BY_NAME:
         raise UsageError(f"no such command {args.topic!r}; see 'dogestry help'")
     page = man_page(f"dogestry-{args.topic}.1")
-    if page and shutil.which("man") and ctx.out.isatty():
-        return subprocess.call(["man", "-l", page])
+    if page and shutil.which("man"):
+        if ctx.out.isatty():
+            return subprocess.call(["man", "-l", page])
+        text = subprocess.run(["man", "-l", page], capture_output=True, env=dict(os.environ, MANPAGER="cat",
+                                                                                 MANWIDTH="80"))
+        if text.returncode == 0:
+            ctx.out.write(text.stdout.decode())
+            return 0
     ctx.parser.parse_args([args.topic, "--help"])
     return 0

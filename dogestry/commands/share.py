@@ -9,7 +9,6 @@ import json
 import re
 from datetime import datetime, timedelta, timezone
 
-from ..backends.shared import SHARE_FORMAT, SHARE_VERSION
 from ..errors import UsageError
 from ..repo import FORMAT_KEY, config_key, image_key, layer_descriptor_key, layer_key, ref_key
 
@@ -38,6 +37,8 @@ def parse_duration(text):
 
 
 def share(ctx, remote, names, expires):
+    from ..backends.shared import SHARE_FORMAT, SHARE_VERSION  # urllib is only for shares
+
     repo = ctx.repo(remote)
     backend = repo.backend
     if not hasattr(backend, "presign"):
