@@ -133,7 +133,7 @@ class Bench:
                 with open(os.path.join(d, "n.txt"), "w") as f:
                     f.write(f"{n}\n" * 1000)
                 with open(os.path.join(d, "Dockerfile"), "w") as f:
-                    f.write("FROM bench/stack:1\nCOPY n.txt /opt/n.txt\n")
+                    f.write("FROM bench/base:1\nCOPY n.txt /opt/n.txt\n")
                 self.docker(f"build -q -t bench/multi:{n} {d}")
         if self.args.large and not self.docker("images -q bench/large:1").strip():
             d = os.path.join(WORK, "large")
@@ -269,7 +269,7 @@ class Bench:
             self.run_pair("P7", "full pull from S3", self.empty_engine, self.dog(f"pull '{s3}' {image}"),
                           self.empty_engine, f"{aws} cp {s3_tar} - | docker load", env=self.s3_env)
         if run("P9"):
-            self.ensure("bench/stack:1")
+            self.ensure("bench/base:1")
             tags = [f"bench/multi:{n}" for n in range(1, MULTI + 1)]
             self.ensure(*tags)
             one, many = os.path.join(WORK, "multi-one"), os.path.join(WORK, "multi-many")
