@@ -233,8 +233,8 @@ class SavedImage:
 def scan_save_stream(fileobj, store_layer, have_layer, progress=None):
     """Read a `docker save` stream once, storing layers as they pass.
 
-    store_layer(chunks, expect_diff_id) stores an uncompressed layer and returns a result
-    with `.diff_id`; have_layer(diff_id) says the destination already holds it, so a blob
+    store_layer(chunks, expect_diff_id, path, size) stores an uncompressed layer (the
+    entry at `path`, `size` bytes in the tar) and returns a result with `.diff_id`; have_layer(diff_id) says the destination already holds it, so a blob
     named by its diffID can be skipped unread. progress (a progress.Progress) sees each
     layer's bytes. Returns [SavedImage].
     """
@@ -261,7 +261,7 @@ def scan_save_stream(fileobj, store_layer, have_layer, progress=None):
             seen_manifest = True
         if name.endswith("/layer.tar") and name.count("/") == 1:
             first = entry.read(CHUNK)
-            stored[name] = store_layer(uncompressed_chunks(first, tracked(entry, first)), None)
+            stored[name] = store_layer(uncompressed_chunks(first, tracked(entry, first)), None, name, entry.size)
         elif name.startswith("blobs/sha256/") and name.count("/") == 2:
             digest = "sha256:" + name.rsplit("/", 1)[1]
             if entry.size <= SMALL_BLOB:
@@ -275,7 +275,8 @@ def scan_save_stream(fileobj, store_layer, have_layer, progress=None):
                 first = entry.read(CHUNK)
                 chunks = tracked(entry, first)
                 compressed = first.startswith(GZIP_MAGIC) or first.startswith(ZSTD_MAGIC)
-                stored[name] = store_layer(uncompressed_chunks(first, chunks), None if compressed else digest)
+                stored[name] = store_layer(uncompressed_chunks(first, chunks), None if compressed else digest,
+                                           name, entry.size)
         elif "/" not in name and (name.endswith(".json") or name in ("repositories", "oci-layout")):
             if entry.size > MAX_METADATA:
                 raise DogestryError(f"{name} in the save stream is implausibly large ({entry.size} bytes)")
@@ -310,7 +311,7 @@ def scan_save_stream(fileobj, store_layer, have_layer, progress=None):
             result = stored.get(path)
             if result is None and path in small:
                 data = small[path]
-                result = store_layer(uncompressed_chunks(data, iter([data])), None)
+                result = store_layer(uncompressed_chunks(data, iter([data])), None, path, len(data))
                 stored[path] = result
             if result is None:
                 raise DogestryError(f"the save stream lacks layer {path} named by manifest.json")

@@ -239,3 +239,25 @@ def test_pull_across_engines_20_to_26_containerd(engine_named, unique, tmp_path)
     assert dst.layers(f"t{unique}/app:1") == src.layers(f"t{unique}/app:1")
     assert dst.run(f"t{unique}/app:1") == "across\n"
     assert _ids(dogestry("push", str(tmp_path / "back"), f"t{unique}/app:1", env=dst.env())) == [image_id]
+
+
+def test_layer_of_a_known_size_but_new_content_is_still_stored(engine, unique, tmp_path):
+    """Docker <= 24: a layer whose size matches one the remote has is first only hashed;
+    when its content turns out new, push exports once more and stores it."""
+    repo = str(tmp_path / "repo")
+    engine.import_base(f"t{unique}/base:1")
+    engine.build(f"t{unique}/a:1", f"t{unique}/base:1", {"x.bin": os.urandom(2 << 20)}, run="true")
+    engine.build(f"t{unique}/b:1", f"t{unique}/a:1", {"y.bin": os.urandom(2 << 20)}, run="true")
+    a, b = engine.layers(f"t{unique}/a:1"), engine.layers(f"t{unique}/b:1")
+    assert b[:len(a)] == a and len(b) > len(a)
+    dogestry("push", repo, f"t{unique}/a:1", env=engine.env())
+    started = time.time()
+    out = dogestry("-v", "push", repo, f"t{unique}/b:1", env=engine.env())
+    saves = len(engine.save_events(started))
+    old_format = not engine.containerd and engine.api.version()["Version"].startswith("20.")
+    assert saves == (2 if old_format else 1), out.stderr.decode()
+    if old_format:
+        assert "will be read again" in out.stderr.decode()
+    engine.rmi(f"t{unique}/b:1")
+    dogestry("pull", repo, f"t{unique}/b:1", env=engine.env())
+    assert engine.layers(f"t{unique}/b:1") == b

@@ -56,7 +56,7 @@ def repo(tmp_path):
 
 
 def _store(repo):
-    def store_layer(chunks, expect):
+    def store_layer(chunks, expect, path=None, size=None):
         desc, _ = repo.store_layer(chunks, expect)
         return desc
     return store_layer
@@ -86,7 +86,7 @@ def test_scan_oci_layout_skips_known_layers_unread(repo):
     desc, _ = repo.store_layer(iter([L1]))
     names = {}
 
-    def store_layer(chunks, expect):
+    def store_layer(chunks, expect, path=None, size=None):
         d, _ = repo.store_layer(chunks, expect)
         names[d.diff_id] = True
         return d

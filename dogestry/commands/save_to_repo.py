@@ -3,6 +3,7 @@
 Output, one ref record per image: `<image-id> [<name>:<tag>]`.
 """
 
+import hashlib
 import sys
 
 from ..dockertar import NotATar, scan_save_stream
@@ -40,11 +41,45 @@ class Counts:
                 f"skipped {self.skipped} ({human(self.skipped_bytes)})")
 
 
-def store_save_stream(ctx, repo, stream, counts=None):
-    """Read a save stream into repo; return [SavedImage] whose layers are all stored."""
-    counts = counts or Counts()
+class _Hashed:
+    """A layer only hashed, on the bet that the repository has it (see store_save_stream)."""
 
-    def store_layer(chunks, expect):
+    def __init__(self, diff_id, path):
+        self.diff_id, self.path = diff_id, path
+
+
+def _hash_only(chunks):
+    digest = hashlib.sha256()
+    for chunk in chunks:
+        digest.update(chunk)
+    return "sha256:" + digest.hexdigest()
+
+
+def store_save_stream(ctx, repo, stream, counts=None, likely_present=None, only_paths=None):
+    """Read a save stream into repo; return [SavedImage].
+
+    Docker <= 24 names layer files by v1 ids, so a layer's diffID is known only after
+    reading it. likely_present holds the tar sizes of layers the repository already has:
+    an entry of such a size is only hashed, not compressed and spooled. When the bet is
+    lost the result is a _Hashed the caller must fetch again (save_images does).
+    With only_paths, entries at other paths are only hashed (that second, targeted pass).
+    """
+    counts = counts or Counts()
+    likely_present = likely_present or set()
+
+    def store_layer(chunks, expect, path, size):
+        if only_paths is not None and path not in only_paths:
+            return _Hashed(_hash_only(chunks), path)
+        if expect is None and size in likely_present and only_paths is None:
+            diff_id = _hash_only(chunks)
+            if repo.has_layer(diff_id):
+                desc = repo.layer_descriptor(diff_id)
+                counts.skipped += 1
+                counts.skipped_bytes += desc.uncompressed_size
+                ctx.detail(f"skipped layer {diff_id}: {repo.location} has it")
+                return _Stored(desc)
+            ctx.detail(f"layer {diff_id} is new though its size matched a known one; it will be read again")
+            return _Hashed(diff_id, path)
         desc, new = repo.store_layer(chunks, expect)
         if new:
             counts.stored += 1
@@ -65,12 +100,20 @@ def store_save_stream(ctx, repo, stream, counts=None):
         return False
 
     try:
-        images = scan_save_stream(stream, store_layer, have_layer, ctx.progress)
+        return scan_save_stream(stream, store_layer, have_layer, ctx.progress)
     except NotATar as err:
         raise DogestryError(f"cannot read the image export: {err}") from None
     finally:
         if ctx.progress is not None:
             ctx.progress.clear()
+
+
+def missed_paths(images):
+    return {r.path: r.diff_id for image in images for r in image.layer_results if isinstance(r, _Hashed)}
+
+
+def publish_images(ctx, repo, images):
+    """Configs and image records, once every layer is stored."""
     for image in images:
         layers = []
         for result in image.layer_results:
@@ -78,7 +121,6 @@ def store_save_stream(ctx, repo, stream, counts=None):
         repo.put_config(image.config)
         if repo.put_image(ImageRecord(image.id, len(image.config), layers)):
             ctx.detail(f"stored image {image.id}")
-    return images
 
 
 def _match(images, wanted, found):
@@ -108,12 +150,45 @@ def save_images(ctx, repo, names, counts=None):
     save_names = list(dict.fromkeys(str(ref) if ref else found["Id"] for (_, ref), found in requested))
     if ctx.progress is not None:
         ctx.progress.set_total(sum(found.get("Size") or 0 for _, found in requested))
+    likely_present = _sizes_of_present_layers(repo, [found for _, found in requested])
     stream = ctx.engine.save(save_names)
     try:
-        images = store_save_stream(ctx, repo, stream, counts)
+        images = store_save_stream(ctx, repo, stream, counts, likely_present)
     finally:
         stream.close()
+    missed = missed_paths(images)
+    if missed:
+        # A size matched but the content was new: export once more and store just those
+        # entries (v1 layer paths are deterministic, so they name the same layers).
+        stream = ctx.engine.save(save_names)
+        try:
+            again = store_save_stream(ctx, repo, stream, counts, only_paths=set(missed))
+        finally:
+            stream.close()
+        for image, retried in zip(images, again):
+            if image.id != retried.id:
+                raise DogestryError("the engine's second export differs from the first; retry the push")
+            image.layer_results = [r2 if isinstance(r1, _Hashed) else r1
+                                   for r1, r2 in zip(image.layer_results, retried.layer_results)]
+        if missed_paths(images):
+            raise DogestryError("the engine's second export lacks layers of the first; retry the push")
+    publish_images(ctx, repo, images)
     return [(_match(images, wanted, found).id, wanted[1]) for wanted, found in requested]
+
+
+def _sizes_of_present_layers(repo, found_images):
+    """Tar sizes of the layers of these engine images that the repository already holds.
+
+    Only layers of 1 MiB and more: tiny layers are cheap to store and collide in size often.
+    """
+    sizes = set()
+    for found in found_images:
+        for diff_id in (found.get("RootFS") or {}).get("Layers") or []:
+            if repo.has_layer(diff_id):
+                size = repo.layer_descriptor(diff_id).uncompressed_size
+                if size >= 1 << 20:
+                    sizes.add(size)
+    return sizes
 
 
 def _is_ref_in_engine(ctx, name):
@@ -143,6 +218,7 @@ def run(ctx, args):
                 raise UsageError(f"cannot open {args.input}: {err.strerror}") from None
         with stream:
             images = store_save_stream(ctx, repo, stream)
+        publish_images(ctx, repo, images)
         results = []
         for image in images:
             refs = [parse_ref(t) for t in image.repo_tags] or [None]
