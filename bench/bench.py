@@ -192,15 +192,19 @@ class Bench:
         if missing:
             sh(self.dog(f"pull {self.full_repo} {' '.join(missing)}"), env=self.docker_env)
 
+    def ensure_pushed(self, repo, images):
+        present = [i for i in images if self.docker(f"images -q {i}").strip()]
+        sh(self.dog(f"push {repo} {' '.join(present)}"), env=self.docker_env)
+
     def cases(self, image):
         want = set(self.args.cases.split(",")) if self.args.cases else None
         run = lambda case: want is None or case in want  # noqa: E731
         repo = os.path.join(WORK, "repo")
         self.full_repo = os.path.join(WORK, "full-repo")
         saved = os.path.join(WORK, "saved.tar")
-        if not os.path.exists(os.path.join(self.full_repo, "dogestry.json")):
-            sh(self.dog(f"push {self.full_repo} {image} bench/app:1 bench/app:2 bench/stack:1 "
-                        + " ".join(f"bench/multi:{n}" for n in range(1, MULTI + 1))), env=self.docker_env)
+        # Everything the cases restore from (a no-op when it is already there).
+        self.ensure_pushed(self.full_repo, [image, "bench/app:1", "bench/app:2", "bench/stack:1", "bench/base:1"]
+                           + [f"bench/multi:{n}" for n in range(1, MULTI + 1)])
         sh(f"docker save {image} > {saved}", env=self.docker_env)
         s3 = f"s3://{BUCKET}/bench/?endpoint={S3_ENDPOINT}"
         s3_tar = f"s3://{BUCKET}/baseline/{image.replace('/', '_')}.tar"

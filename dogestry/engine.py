@@ -88,11 +88,13 @@ class Engine:
 
     def layer_chains(self):
         """Chain ids of every layer the engine holds with everything below it."""
+        from concurrent.futures import ThreadPoolExecutor
+
         chains = set()
-        for image_id in self.image_ids():
-            found = self.inspect(image_id)
-            if found:
-                chains.update(chain_ids((found.get("RootFS") or {}).get("Layers") or []))
+        with ThreadPoolExecutor(8) as pool:  # one inspect per image: overlap the round trips
+            for found in pool.map(self.inspect, self.image_ids()):
+                if found:
+                    chains.update(chain_ids((found.get("RootFS") or {}).get("Layers") or []))
         return chains
 
     def save(self, names):
