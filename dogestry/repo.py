@@ -50,6 +50,19 @@ def ref_key(ref):
     return f"repositories/{ref.name}/{ref.tag}"
 
 
+def _hold_last(chunks, verify):
+    """Yield chunks one behind and run verify() before the last goes out, so a consumer
+    (a docker load, an upload) never completes with bytes that failed verification."""
+    pending = None
+    for chunk in chunks:
+        if pending is not None:
+            yield pending
+        pending = chunk
+    verify()
+    if pending is not None:
+        yield pending
+
+
 class LayerDescriptor:
     """How one layer is stored: enough to verify it before and after decompression."""
 
@@ -280,43 +293,44 @@ class Repository:
                 raise CorruptObject(f"{where} is corrupt: stored bytes do not match digest {desc.digest}")
 
         diff_hash = hashlib.sha256()
-        uncompressed = 0
-        pending = b""
-        for out in produce(decode, name="dogestry-decode"):
-            uncompressed += len(out)
-            if uncompressed > desc.uncompressed_size:
-                raise CorruptObject(f"{where} is corrupt: expands beyond its recorded size")
-            diff_hash.update(out)
-            # Hold back one chunk so a damaged tail is caught before it is passed on.
-            if pending:
-                yield pending
-            pending = out
-        if "sha256:" + diff_hash.hexdigest() != desc.diff_id or uncompressed != desc.uncompressed_size:
-            raise CorruptObject(f"{where} is corrupt: its content does not match its diffID")
-        if pending:
-            yield pending
+        counted = {"uncompressed": 0}
+
+        def hashed():
+            for out in produce(decode, name="dogestry-decode"):
+                counted["uncompressed"] += len(out)
+                if counted["uncompressed"] > desc.uncompressed_size:
+                    raise CorruptObject(f"{where} is corrupt: expands beyond its recorded size")
+                diff_hash.update(out)
+                yield out
+
+        def verify():
+            if "sha256:" + diff_hash.hexdigest() != desc.diff_id or counted["uncompressed"] != desc.uncompressed_size:
+                raise CorruptObject(f"{where} is corrupt: its content does not match its diffID")
+
+        return _hold_last(hashed(), verify)
 
     def stored_chunks(self, desc):
         """Yield the layer's stored bytes as they are, verified against the descriptor."""
         key = layer_key(desc.diff_id)
         where = f"layer {desc.diff_id} ({key} in {self.location})"
         stored_hash = hashlib.sha256()
-        size = 0
-        reader = self.backend.open(key)
-        try:
-            pending = b""
-            while data := reader.read(CHUNK):
-                size += len(data)
-                stored_hash.update(data)
-                if pending:
-                    yield pending
-                pending = data
-            if "sha256:" + stored_hash.hexdigest() != desc.digest or size != desc.size:
+        counted = {"size": 0}
+
+        def read():
+            reader = self.backend.open(key)
+            try:
+                while data := reader.read(CHUNK):
+                    counted["size"] += len(data)
+                    stored_hash.update(data)
+                    yield data
+            finally:
+                reader.close()
+
+        def verify():
+            if "sha256:" + stored_hash.hexdigest() != desc.digest or counted["size"] != desc.size:
                 raise CorruptObject(f"{where} is corrupt: stored bytes do not match digest {desc.digest}")
-            if pending:
-                yield pending
-        finally:
-            reader.close()
+
+        return _hold_last(read(), verify)
 
     def put_stored_layer(self, desc, chunks):
         """Publish a layer copied from another repository in its stored form."""
