@@ -67,3 +67,17 @@ def test_help_command_shows_the_manual_page():
     assert "DOGESTRY-PULL(1)" in out and "SYNOPSIS" in out
     out = dogestry("help", "nosuch", check=False)
     assert out.returncode == 2
+
+
+def test_repository_of_an_unknown_format_version_is_refused(tmp_path):
+    repo = tmp_path / "future"
+    (repo / "repositories" / "app").mkdir(parents=True)
+    (repo / "dogestry.json").write_text('{"format": "dogestry-repository", "version": 9}\n')
+    (repo / "repositories" / "app" / "1").write_text("sha256:" + "a" * 64 + "\n")
+    before = sorted(p.name for p in repo.rglob("*"))
+    for args in (["pull", str(repo), "app:1"], ["show-ref", str(repo)], ["update-ref", str(repo), "app:2", "a" * 64]):
+        out = dogestry(*args, check=False)
+        assert out.returncode == 1, args
+        assert out.stderr.decode().strip().splitlines() == [
+            f"dogestry: {repo} uses repository format version 9; this dogestry reads version 1: upgrade dogestry"]
+    assert sorted(p.name for p in repo.rglob("*")) == before
