@@ -20,7 +20,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -165,16 +164,14 @@ class Bench:
         return [line for line in out.splitlines() if line.strip()]
 
     # -- cases ------------------------------------------------------------------------
-    def dog(self, args, env=None):
+    def dog(self, args):
         return f"{sys.executable} {ROOT}/bin/dogestry -q {args}"
 
-    def record(self, case, label, seconds, rss=None, note=""):
-        entry = self.results.setdefault(case, {"label": label, "dogestry": [], "baseline": [], "rss": [], "note": note})
-        entry["note"] = note or entry["note"]
-        return entry
+    def record(self, case, label):
+        return self.results.setdefault(case, {"label": label, "dogestry": [], "baseline": [], "rss": [], "note": ""})
 
     def run_pair(self, case, label, prepare_d, cmd_d, prepare_b, cmd_b, env=None):
-        entry = self.record(case, label, None)
+        entry = self.record(case, label)
         for _ in range(self.args.runs):
             prepare_d()
             seconds, rss = timed(cmd_d, env=env or self.docker_env)
@@ -217,7 +214,7 @@ class Bench:
                           f"docker save {image} | lz4 -1 -q > {WORK}/baseline.tar.lz4")
         if run("P2"):
             sh(self.dog(f"push {repo} {image}"), env=self.docker_env)
-            entry = self.record("P2", "push of an image the remote has", None)
+            entry = self.record("P2", "push of an image the remote has")
             for _ in range(self.args.runs):
                 since = f"{time.time():.3f}"
                 seconds, rss = timed(self.dog(f"push {repo} {image}"), env=self.docker_env)
@@ -234,13 +231,11 @@ class Bench:
                 sh(self.dog(f"sync-objects --image bench/app:1 {self.full_repo} {small}"))
             self.run_pair("P3", "incremental push (app layer changed)", prepare,
                           self.dog(f"push {small} bench/app:2"), lambda: None, "docker save bench/app:2 > /dev/null")
-            layers_1 = set(os.listdir(os.path.join(self.full_repo, "layers/sha256")))
             prepare()
             before = set(os.listdir(os.path.join(small, "layers/sha256")))
             sh(self.dog(f"push {small} bench/app:2"), env=self.docker_env)
             written = {n for n in set(os.listdir(os.path.join(small, "layers/sha256"))) - before if not n.endswith(".json")}
             self.results["P3"]["note"] = f"layers written: {len(written)}"
-            del layers_1
         if run("P4"):
             self.run_pair("P4", "full pull into an empty engine", self.empty_engine,
                           self.dog(f"pull {self.full_repo} {image}"), self.empty_engine, f"docker load -i {saved}")

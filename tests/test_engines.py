@@ -6,8 +6,6 @@ import os
 import tarfile
 import time
 
-import pytest
-
 from conftest import dogestry, tree
 
 

@@ -6,7 +6,7 @@ import uuid
 
 import pytest
 
-from conftest import S3Server, dogestry
+from conftest import dogestry
 from faultproxy import Fault, FaultProxy
 
 

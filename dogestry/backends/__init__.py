@@ -19,7 +19,7 @@ import re
 import tempfile
 from urllib.parse import urlsplit
 
-from ..errors import NotFound, UsageError  # noqa: F401  (NotFound is part of the contract)
+from ..errors import UsageError
 
 _KEY_RE = re.compile(r"^[A-Za-z0-9_.:@+-]+(?:/[A-Za-z0-9_.:@+-]+)*$")
 

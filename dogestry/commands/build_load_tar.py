@@ -8,9 +8,9 @@ import sys
 
 from ..dockertar import LoadImage, load_tar_chunks
 from ..errors import DogestryError, UsageError
-from ..records import read_records, write_record
+from ..records import read_records
 from ..refs import parse_ref
-from .walk_ancestry import missing_layers
+from .walk_ancestry import engine_image_id, missing_layers
 
 SUMMARY = "write a docker-load tar of images, or stream it into the engine"
 
@@ -25,17 +25,6 @@ def add_arguments(p):
                    help="leave out layers the engine already has; only tag images it already has")
     p.add_argument("--load", action="store_true", help="stream the tar into the engine instead of stdout")
     p.add_argument("-z", dest="nul", action="store_true", help="NUL-terminated input records")
-
-
-def _engine_image_id(engine, record, load_image):
-    """The engine's id for this image if it has it: config digest, or manifest digest (containerd)."""
-    from ..digests import sha256_digest
-
-    for candidate in (record.id, sha256_digest(load_image.oci_manifest())):
-        found = engine.inspect(candidate)
-        if found is not None:
-            return found["Id"]
-    return None
 
 
 def plan(ctx, repo, items, missing_in_docker):
@@ -53,7 +42,7 @@ def plan(ctx, repo, items, missing_in_docker):
         include = {layer.diff_id for layer in record.layers}
         image = LoadImage(config, record.layers, include, tags)
         if engine is not None:
-            present = _engine_image_id(engine, record, image)
+            present = engine_image_id(engine, record)
             if present:
                 ctx.detail(f"skipped image {image_id}: the engine has it")
                 to_tag.append((present, tags))
@@ -136,5 +125,3 @@ def run(ctx, args):
                                 "; use --load to tag it, or leave out --missing-in-docker")
     return 0
 
-
-__all__ = ["load_images", "write_tar", "write_record"]

@@ -8,7 +8,8 @@ With --missing-in-docker the walk stops at the first layer whose chain the engin
 and prints nothing at all when the engine already has the image.
 """
 
-from ..digests import chain_ids
+from ..digests import chain_ids, sha256_digest
+from ..dockertar import oci_manifest
 from ..records import write_record
 
 SUMMARY = "list the objects an image needs, top layer first"
@@ -22,8 +23,14 @@ def add_arguments(p):
     p.add_argument("-z", dest="nul", action="store_true", help="terminate output records with NUL")
 
 
-def engine_has_image(engine, record):
-    return engine.inspect(record.id) is not None
+def engine_image_id(engine, record):
+    """The engine's id for this image if it has it: its config digest on a graphdriver
+    engine; on the containerd store the digest of the manifest dogestry loads it with."""
+    for candidate in (record.id, sha256_digest(oci_manifest(record.id, record.config_size, record.layers))):
+        found = engine.inspect(candidate)
+        if found is not None:
+            return found["Id"]
+    return None
 
 
 def missing_layers(engine, record, chains=None):
@@ -50,7 +57,7 @@ def missing_layers(engine, record, chains=None):
 def walk(repo, image_id, engine=None):
     """Object records for image_id, top layer first; engine given -> only what it lacks."""
     record = repo.get_image(image_id)
-    if engine is not None and engine_has_image(engine, record):
+    if engine is not None and engine_image_id(engine, record):
         return []
     layers = missing_layers(engine, record) if engine is not None else record.layers
     chains = chain_ids(record.diff_ids)
