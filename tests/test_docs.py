@@ -31,6 +31,24 @@ def test_every_command_has_a_page_listing_its_options_and_arguments():
                 assert action.metavar.replace("-", "") in synopsis.replace("-", ""), (name, action.metavar)
 
 
+def test_every_page_has_the_standard_sections():
+    for name in _subparsers():
+        text = _text(f"dogestry-{name}.1")
+        for section in ("NAME", "SYNOPSIS", "DESCRIPTION", "OPTIONS", "EXIT STATUS", "EXAMPLES", "SEE ALSO"):
+            assert f".SH {section}" in text, (name, section)
+
+
+def test_plumbing_pages_give_their_record_format_and_porcelain_pages_their_pipeline():
+    from dogestry.cli import PLUMBING
+
+    for command in COMMANDS:
+        text = _text(f"dogestry-{command.name}.1")
+        if command.category == PLUMBING:
+            assert ".SH OUTPUT" in text or "record" in text, command.name
+    assert "dogestry update-ref --stdin" in _text("dogestry-push.1").replace("\\", "")
+    assert "build-load-tar --stdin --missing-in-docker --load" in _text("dogestry-pull.1")
+
+
 def test_dogestry_1_lists_every_command_and_global_option():
     text = _text("dogestry.1")
     for command in COMMANDS:
