@@ -8,6 +8,7 @@ import sys
 
 from ..dockertar import NotATar, scan_save_stream
 from ..errors import DogestryError, UsageError
+from ..pipeline import Stage
 from ..records import write_record
 from ..refs import looks_like_id, parse_ref
 from ..repo import ImageRecord
@@ -49,9 +50,16 @@ class _Hashed:
 
 
 def _hash_only(chunks):
+    """sha256 of the chunks, hashed in a thread while this one reads the next."""
     digest = hashlib.sha256()
-    for chunk in chunks:
-        digest.update(chunk)
+    hasher = Stage(digest.update, name="dogestry-hash")
+    try:
+        for chunk in chunks:
+            hasher.put(chunk)
+    except BaseException:
+        hasher.abandon()
+        raise
+    hasher.close()
     return "sha256:" + digest.hexdigest()
 
 
