@@ -296,7 +296,7 @@ class Repository:
         counted = {"uncompressed": 0}
 
         def hashed():
-            for out in produce(decode, name="dogestry-decode"):
+            for out in produce(decode, depth=4, name="dogestry-decode"):
                 counted["uncompressed"] += len(out)
                 if counted["uncompressed"] > desc.uncompressed_size:
                     raise CorruptObject(f"{where} is corrupt: expands beyond its recorded size")

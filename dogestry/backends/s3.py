@@ -19,8 +19,12 @@ from urllib.parse import parse_qs, urlsplit
 from ..errors import NotFound, StorageError, UsageError
 from . import Backend, check_key
 
+# Memory is bounded by these: about (UPLOAD_PARALLEL + 1) x PART_SIZE per upload and
+# 2 x DOWNLOAD_PARALLEL x RANGE_SIZE per download (bench/RESULTS.md has the peak RSS).
 PART_SIZE = 8 << 20       # multipart part size; S3's minimum is 5 MiB
-PARALLEL = 4              # parts in flight per object, up and down
+UPLOAD_PARALLEL = 3       # parts in flight per upload
+RANGE_SIZE = 4 << 20      # ranged GET size
+DOWNLOAD_PARALLEL = 4     # ranges in flight per download
 MAX_ATTEMPTS = 5          # botocore's standard retry mode: throttling, 5xx, resets
 _OPTIONS = {"region", "endpoint", "addressing", "checksums", "profile"}
 
@@ -116,7 +120,7 @@ class S3Backend(Backend):
         return session.client("s3", endpoint_url=self.endpoint, config=BotoConfig(
             region_name=region, signature_version="s3v4", s3={"addressing_style": addressing},
             retries={"max_attempts": MAX_ATTEMPTS, "mode": "standard"},
-            max_pool_connections=4 * PARALLEL, connect_timeout=10, read_timeout=120,
+            max_pool_connections=4 * max(UPLOAD_PARALLEL, DOWNLOAD_PARALLEL), connect_timeout=10, read_timeout=120,
             request_checksum_calculation=checksums, response_checksum_validation=checksums))
 
     def _discover_region(self, session, custom):
@@ -287,9 +291,9 @@ class S3Backend(Backend):
 
 
 class _MultipartWriter:
-    """Streams an object up in PART_SIZE parts, PARALLEL in flight; small objects are one PUT.
+    """Streams an object up in PART_SIZE parts, UPLOAD_PARALLEL in flight; small objects are one PUT.
 
-    Memory is bounded by (PARALLEL + 1) parts. The object appears only when the upload
+    Memory is bounded by (UPLOAD_PARALLEL + 1) parts. The object appears only when the upload
     completes; abort() (or a failure) removes the parts.
     """
 
@@ -300,7 +304,7 @@ class _MultipartWriter:
         self.upload_id = None
         self.futures = []
         self.pool = None
-        self.slots = threading.Semaphore(PARALLEL)
+        self.slots = threading.Semaphore(UPLOAD_PARALLEL)
         self.checked = checked
 
     def write(self, data):
@@ -315,7 +319,7 @@ class _MultipartWriter:
         if self.upload_id is None:
             self.upload_id = self.backend._call(f"cannot write {self.key}", client.create_multipart_upload,
                                                 Key=self.full)["UploadId"]
-            self.pool = ThreadPoolExecutor(PARALLEL)
+            self.pool = ThreadPoolExecutor(UPLOAD_PARALLEL)
         number = len(self.futures) + 1
         self.slots.acquire()
 
@@ -381,22 +385,22 @@ class _MultipartWriter:
 
 
 class _RangedReader:
-    """Reads an object with up to PARALLEL ranged GETs in flight, returning bytes in order."""
+    """Reads an object with up to DOWNLOAD_PARALLEL ranged GETs in flight, returning bytes in order."""
 
     def __init__(self, backend, full, size):
         self.backend, self.full, self.size = backend, full, size
         self.next_offset = 0
         self.pending = []
         self.buf = memoryview(b"")
-        self.pool = ThreadPoolExecutor(PARALLEL) if size > PART_SIZE else None
+        self.pool = ThreadPoolExecutor(DOWNLOAD_PARALLEL) if size > RANGE_SIZE else None
         self._fill()
 
     def _fetch(self, start, end):
         return self.backend._read(self.full, start, end)
 
     def _fill(self):
-        while self.next_offset < self.size and len(self.pending) < PARALLEL:
-            start, end = self.next_offset, min(self.next_offset + PART_SIZE, self.size)
+        while self.next_offset < self.size and len(self.pending) < DOWNLOAD_PARALLEL:
+            start, end = self.next_offset, min(self.next_offset + RANGE_SIZE, self.size)
             self.next_offset = end
             if self.pool is None:
                 self.pending.append(_Done(self._fetch(start, end)))
