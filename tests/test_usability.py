@@ -83,7 +83,10 @@ def test_progress_on_a_terminal_and_clean_stdout(engine, unique, tmp_path):
     engine.rmi(f"t{unique}/app:1")
     stdout, screen = run_on_terminal(["pull", repo, f"t{unique}/app:1"], engine.env())
     assert "pull | layer" in screen and "total" in screen
-    assert "loaded 3 layer(s)" in screen and "skipped 1" in screen   # the base stayed in the engine
+    if engine.containerd:  # documented: that store gets every layer of an image it lacks
+        assert "loaded 4 layer(s)" in screen and "skipped 0" in screen
+    else:
+        assert "loaded 3 layer(s)" in screen and "skipped 1" in screen   # the base stayed in the engine
 
     engine.rmi(f"t{unique}/app:1")
     stdout, screen = run_on_terminal(["-q", "pull", repo, f"t{unique}/app:1"], engine.env())
