@@ -55,11 +55,17 @@ def plan(ctx, repo, items, missing_in_docker):
     return to_load, to_tag
 
 
+def _verified(ctx, repo, desc):
+    """A layer's chunks, saying (with -v) once it has passed verification."""
+    yield from repo.layer_chunks(desc)
+    ctx.detail(f"sent layer {desc.diff_id} ({desc.uncompressed_size} bytes, verified)")
+
+
 def _tracked_layers(ctx, repo, to_load, to_tag):
     """layer_chunks that report to the progress line; skipped layers are counted first."""
     progress = ctx.progress
     if progress is None:
-        return repo.layer_chunks
+        return lambda desc: _verified(ctx, repo, desc)
     sent = set()
     for image in to_load:
         for layer in image.layers:
@@ -70,7 +76,7 @@ def _tracked_layers(ctx, repo, to_load, to_tag):
         progress.skip(image_id, 0)
     progress.set_total(sum(layer.uncompressed_size for image in to_load for layer in image.layers
                            if layer.diff_id in image.include))
-    return lambda desc: progress.track(repo.layer_chunks(desc), desc.diff_id, desc.uncompressed_size)
+    return lambda desc: progress.track(_verified(ctx, repo, desc), desc.diff_id, desc.uncompressed_size)
 
 
 def load_images(ctx, repo, items, missing_in_docker=True):
