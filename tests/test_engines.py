@@ -117,6 +117,8 @@ def test_incremental_pull_sends_only_the_changed_layer(engine, unique, tmp_path)
 
     pulled = dogestry("-v", "pull", repo, f"t{unique}/app:2", env=engine.env())
     err = pulled.stderr.decode()
+    for diff_id in new:
+        assert f"sent layer {diff_id}" in err and "verified" in err
     if not engine.containerd:
         for diff_id in layers1:
             assert f"skipped layer {diff_id}" in err
