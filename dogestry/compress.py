@@ -9,6 +9,9 @@ layer bytes start fast.
 from .errors import DogestryError
 
 CODECS = ("lz4", "none")
+# Decompressed pieces are at most this big: 1 MiB of lz4 can expand to hundreds of MiB
+# (a layer of zeros), and memory must not depend on the data.
+OUT_CHUNK = 1 << 20
 
 
 class _Identity:
@@ -19,7 +22,9 @@ class _Identity:
         return b""
 
     def decompress(self, data):
-        return data
+        """Yield the decoded bytes of data in pieces of at most OUT_CHUNK."""
+        if data:
+            yield data
 
     def end(self):
         return b""
@@ -53,8 +58,16 @@ class _Lz4Decompressor:
         self._d = lz4.frame.LZ4FrameDecompressor()
 
     def decompress(self, data):
+        """Yield the decoded bytes of data in pieces of at most OUT_CHUNK."""
         try:
-            return self._d.decompress(data)
+            out = self._d.decompress(data, max_length=OUT_CHUNK)
+            if out:
+                yield out
+            while not self._d.needs_input and not self._d.eof:
+                out = self._d.decompress(b"", max_length=OUT_CHUNK)
+                if not out:
+                    break
+                yield out
         except RuntimeError as err:
             raise ValueError(f"lz4 frame is damaged: {err}") from None
 

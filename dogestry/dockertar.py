@@ -181,17 +181,19 @@ def iter_tar(fileobj):
 
 
 def _gunzip_chunks(chunks):
+    """Decompress gzip (concatenated members too) in pieces of at most CHUNK bytes."""
     d = zlib.decompressobj(16 + zlib.MAX_WBITS)
     for chunk in chunks:
-        out = d.decompress(chunk)
-        if out:
-            yield out
-        while d.eof and d.unused_data:  # concatenated gzip members
-            rest = d.unused_data
-            d = zlib.decompressobj(16 + zlib.MAX_WBITS)
-            out = d.decompress(rest)
+        data = chunk
+        while data:
+            out = d.decompress(data, CHUNK)
             if out:
                 yield out
+            if d.eof:  # a member ended: what follows it is the next one
+                data = d.unused_data
+                d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            else:
+                data = d.unconsumed_tail
     out = d.flush()
     if out:
         yield out
@@ -203,11 +205,24 @@ def _unzstd_chunks(chunks):
     except ImportError:
         raise DogestryError("this image has zstd-compressed layers: install the 'zstandard' Python package "
                             "(pip install zstandard) to read them") from None
-    d = zstandard.ZstdDecompressor().decompressobj()
-    for chunk in chunks:
-        out = d.decompress(chunk)
-        if out:
-            yield out
+    reader = zstandard.ZstdDecompressor().stream_reader(_ChunkReader(chunks), read_across_frames=True)
+    while out := reader.read(CHUNK):  # bounded pieces, whatever the ratio
+        yield out
+
+
+class _ChunkReader:
+    """A file-like read() over an iterator of chunks."""
+
+    def __init__(self, chunks):
+        self._chunks, self._buf = iter(chunks), b""
+
+    def read(self, n=-1):
+        while (n < 0 or len(self._buf) < n) and (more := next(self._chunks, None)) is not None:
+            self._buf += more
+        if n < 0:
+            n = len(self._buf)
+        out, self._buf = self._buf[:n], self._buf[n:]
+        return out
 
 
 def uncompressed_chunks(first, chunks):

@@ -278,11 +278,9 @@ class Repository:
                         raise CorruptObject(f"{where} is corrupt: larger than its recorded {desc.size} bytes")
                     stored_hash.update(data)
                     try:
-                        out = decomp.decompress(data)
+                        yield from decomp.decompress(data)
                     except ValueError as err:
                         raise CorruptObject(f"{where} is corrupt: {err}") from None
-                    if out:
-                        yield out
                 try:
                     decomp.end()
                 except ValueError as err:

@@ -212,3 +212,17 @@ def test_load_tar_puts_metadata_last_and_leaves_out_present_layers(repo):
     assert manifest[0]["RepoTags"] == ["app:1"]
     assert manifest[0]["Layers"] == [f"blobs/sha256/{d1.diff_id[7:]}", f"blobs/sha256/{d2.diff_id[7:]}"]
     assert index["manifests"][0]["annotations"]["io.containerd.image.name"] == "docker.io/library/app:1"
+
+
+def test_decompression_is_bounded_whatever_the_ratio(repo):
+    """1 MiB of lz4 or gzip can expand to hundreds of MiB; pieces stay at 1 MiB."""
+    from dogestry.dockertar import uncompressed_chunks
+
+    zeros = b"\0" * (200 << 20)
+    desc, _ = repo.store_layer(iter(zeros[i:i + (1 << 20)] for i in range(0, len(zeros), 1 << 20)))
+    assert desc.size < 2 << 20
+    sizes = [len(c) for c in repo.layer_chunks(desc)]
+    assert sum(sizes) == len(zeros) and max(sizes) <= 1 << 20
+    gz = gzip.compress(zeros[:50 << 20]) + gzip.compress(b"tail")
+    pieces = list(uncompressed_chunks(gz[:2], iter([gz[i:i + 65536] for i in range(0, len(gz), 65536)])))
+    assert b"".join(pieces) == zeros[:50 << 20] + b"tail" and max(map(len, pieces)) <= 1 << 20
