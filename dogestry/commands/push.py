@@ -63,8 +63,8 @@ def push(ctx, remote, names):
     started = time.monotonic()
     ctx.start_progress("push")
     counts = Counts()
-    done, to_save = [], []
-    for name in names:
+    done, to_save = [None] * len(names), []
+    for index, name in enumerate(names):
         ref = None if looks_like_id(name) and not _is_ref_in_engine(ctx, name) else parse_ref(name)
         found = ctx.engine.require(str(ref) if ref else name)
         image_id = _remote_copy(repo, found, ref)
@@ -73,11 +73,12 @@ def push(ctx, remote, names):
             layers = repo.get_image(image_id).layers
             counts.skipped += len(layers)
             counts.skipped_bytes += sum(layer.uncompressed_size for layer in layers)
-            done.append((image_id, ref))
+            done[index] = (image_id, ref)
         else:
             to_save.append(name)
-    if to_save:
-        done += save_images(ctx, repo, to_save, counts)
+    if to_save:  # results keep the order the images were named in
+        saved = iter(save_images(ctx, repo, to_save, counts))
+        done = [item if item is not None else next(saved) for item in done]
     for image_id, ref in done:
         if ref is not None and _current(repo, ref) != image_id:  # an unchanged ref costs no write
             update(repo, ref, image_id)
