@@ -261,3 +261,11 @@ def test_layer_of_a_known_size_but_new_content_is_still_stored(engine, unique, t
     engine.rmi(f"t{unique}/b:1")
     dogestry("pull", repo, f"t{unique}/b:1", env=engine.env())
     assert engine.layers(f"t{unique}/b:1") == b
+
+
+def test_push_prints_results_in_the_order_named(engine, unique, tmp_path):
+    repo = str(tmp_path / "repo")
+    _two_apps(engine, unique)
+    dogestry("push", repo, f"t{unique}/app:2", env=engine.env())
+    out = dogestry("push", repo, f"t{unique}/app:1", f"t{unique}/app:2", env=engine.env())  # 1 saved, 2 skipped
+    assert [line.split()[1] for line in out.stdout.decode().splitlines()] == [f"t{unique}/app:1", f"t{unique}/app:2"]
