@@ -15,6 +15,11 @@ def read_records(stream, nul=False):
             yield record.split()
 
 
+def write_ref_record(out, image_id, ref=None, nul=False):
+    """`<image-id> [<name>:<tag>]`, the record push, pull, save-to-repo and resolve-ref print."""
+    write_record(out, [image_id] + ([ref] if ref else []), nul)
+
+
 def write_record(out, fields, nul=False):
     out.write(" ".join(str(f) for f in fields) + ("\0" if nul else "\n"))
     out.flush()

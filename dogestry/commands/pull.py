@@ -4,7 +4,7 @@ Equivalent plumbing pipeline:
     dogestry resolve-ref REMOTE IMAGE... | dogestry build-load-tar --stdin --missing-in-docker --load REMOTE
 """
 
-from ..records import write_record
+from ..records import write_ref_record
 from .build_load_tar import load_images
 from .resolve_ref import resolve
 
@@ -28,5 +28,5 @@ def pull(ctx, remote, names):
 
 def run(ctx, args):
     for image_id, ref in pull(ctx, args.remote, args.images):
-        write_record(ctx.out, [image_id] + ([ref] if ref else []))
+        write_ref_record(ctx.out, image_id, ref)
     return 0

@@ -11,7 +11,7 @@ import time
 from ..digests import sha256_digest
 from ..dockertar import oci_manifest
 from ..errors import NotFound, UsageError
-from ..records import write_record
+from ..records import write_ref_record
 from ..refs import looks_like_id, parse_ref
 from .save_to_repo import Counts, _is_ref_in_engine, save_images
 from .update_ref import update
@@ -89,5 +89,5 @@ def push(ctx, remote, names):
 
 def run(ctx, args):
     for image_id, ref in push(ctx, args.remote, args.images):
-        write_record(ctx.out, [image_id] + ([ref] if ref else []))
+        write_ref_record(ctx.out, image_id, ref)
     return 0

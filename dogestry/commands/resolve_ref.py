@@ -3,7 +3,7 @@
 Output, one ref record per argument: `<image-id> [<name>:<tag>]`.
 """
 
-from ..records import read_records, write_record
+from ..records import read_records, write_ref_record
 from ..errors import UsageError
 
 SUMMARY = "resolve name[:tag] or an image id prefix to a full image id"
@@ -29,5 +29,5 @@ def run(ctx, args):
         raise UsageError("name at least one REF (or use --stdin)")
     repo = ctx.repo(args.repo)
     for image_id, ref in resolve(repo, texts):
-        write_record(ctx.out, [image_id] + ([ref] if ref else []), args.nul)
+        write_ref_record(ctx.out, image_id, ref, args.nul)
     return 0

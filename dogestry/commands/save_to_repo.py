@@ -9,7 +9,7 @@ import sys
 from ..dockertar import NotATar, scan_save_stream
 from ..errors import DogestryError, UsageError
 from ..pipeline import Stage
-from ..records import write_record
+from ..records import write_ref_record
 from ..refs import looks_like_id, parse_ref
 from ..repo import ImageRecord
 
@@ -236,5 +236,5 @@ def run(ctx, args):
             raise UsageError("name at least one IMAGE, or use --input")
         results = save_images(ctx, repo, args.images)
     for image_id, ref in results:
-        write_record(ctx.out, [image_id] + ([ref] if ref else []), args.nul)
+        write_ref_record(ctx.out, image_id, ref, args.nul)
     return 0
