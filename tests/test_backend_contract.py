@@ -77,19 +77,19 @@ def test_aborted_writer_leaves_nothing(backend):
     assert list(backend.list("layers/")) == []
 
 
+def _spooled(backend, data):
+    spool = backend.spool()
+    spool.write(data)
+    spool.close()
+    return spool.name
+
+
 def test_put_file_consumes_the_spool(backend):
-    spool = backend.spool()
-    spool.write(b"spooled bytes")
-    spool.close()
-    assert backend.put_file("layers/sha256/s", spool.name) is True
-    assert not os.path.exists(spool.name)
-    assert backend.get("layers/sha256/s") == b"spooled bytes"
-    spool = backend.spool()
-    spool.write(b"other")
-    spool.close()
-    assert backend.put_file("layers/sha256/s", spool.name) is False
-    assert not os.path.exists(spool.name)
-    assert backend.get("layers/sha256/s") == b"spooled bytes"
+    for data, published in ((b"spooled bytes", True), (b"other", False)):  # the second is write-once refused
+        path = _spooled(backend, data)
+        assert backend.put_file("layers/sha256/s", path) is published
+        assert not os.path.exists(path)
+        assert backend.get("layers/sha256/s") == b"spooled bytes"
 
 
 def test_list_yields_complete_keys_only(backend):
