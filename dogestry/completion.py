@@ -47,16 +47,13 @@ def engine_images(prefix, parsed_args, **kwargs):
         from .engine import Engine
 
         engine = Engine(_config(parsed_args).docker_host(getattr(parsed_args, "docker_host", None)))
-        for image in engine.api.images():
-            for tag in image.get("RepoTags") or []:
-                if tag != "<none>:<none>" and tag.startswith(prefix):
-                    yield tag
-    return _bounded(lambda: list(ask()))
+        return [tag for tag in engine.tagged_names() if tag.startswith(prefix)]
+    return _bounded(ask)
 
 
 def remote_refs(prefix, parsed_args, **kwargs):
     """name:tag refs of the remote named earlier on the line (for pull and plumbing)."""
-    remote = getattr(parsed_args, "remote", None) or getattr(parsed_args, "repo", None)
+    remote = getattr(parsed_args, "remote", None)
     if not remote:
         return []
 
@@ -66,3 +63,4 @@ def remote_refs(prefix, parsed_args, **kwargs):
         ctx = Context(_config(parsed_args))
         return [str(ref) for _, ref in ctx.repo(remote).list_refs() if str(ref).startswith(prefix)]
     return _bounded(ask)
+

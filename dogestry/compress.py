@@ -77,6 +77,15 @@ class _Lz4Decompressor:
         return b""
 
 
+LZ4_FRAME_MAGIC = b"\x04\x22\x4d\x18"
+
+
+def sniff_codec(head):
+    """The codec of stored layer bytes, from their first four bytes (an lz4 frame's magic
+    cannot begin a tar, whose first bytes are a file name)."""
+    return "lz4" if head.startswith(LZ4_FRAME_MAGIC) else "none"
+
+
 def compressor(codec):
     if codec == "lz4":
         return _Lz4Compressor()

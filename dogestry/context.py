@@ -1,7 +1,8 @@
 """What every command gets: configuration, streams, verbosity, the engine and repositories.
 
-Porcelain and plumbing functions take a Context instead of printing or reading globals,
-so tests drive them in-process with their own streams (dulwich's outstream/errstream).
+Library functions (transfer, ...) take a Context instead of printing or reading globals,
+so tests drive them in-process with their own streams and a fake engine
+(tests/test_transfer_plan.py), as dulwich's porcelain takes outstream/errstream.
 """
 
 import sys
@@ -13,7 +14,8 @@ from .repo import Repository
 
 
 class Context:
-    def __init__(self, config=None, docker_host=None, verbosity=0, out=None, err=None, codec=None, inp=None):
+    def __init__(self, config=None, docker_host=None, verbosity=0, out=None, err=None, codec=None, inp=None,
+                 engine=None):
         self.config = config or Config()
         self.docker_host = self.config.docker_host(docker_host)
         self.verbosity = verbosity
@@ -21,7 +23,7 @@ class Context:
         self.err = err or sys.stderr
         self.inp = inp or sys.stdin
         self.codec = codec or self.config.codec()
-        self._engine = None
+        self._engine = engine
         self.progress = None
 
     @property

@@ -20,13 +20,15 @@ import json
 import tarfile
 import zlib
 
-from .digests import sha256_digest
+from .digests import is_digest, sha256_digest
 from .errors import DogestryError
 
 BLOCK = 512
 CHUNK = 1 << 20
-SMALL_BLOB = 1 << 20  # blobs up to this size are kept in memory until the manifest says what they are
-MAX_METADATA = 64 << 20
+MAX_METADATA = 64 << 20   # one config or manifest held in memory
+MAX_HELD = 256 << 20      # all of them together
+MAX_ENTRIES = 100000      # links remembered
+MAX_PAX = 1 << 20         # one pax or GNU long-name header
 
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -93,19 +95,32 @@ def _field(block, start, length):
 def _number(block, start, length):
     raw = block[start:start + length]
     if raw[0] & 0x80:  # GNU base-256 for large sizes
+        if raw[0] != 0x80:
+            raise NotATar("the tar stream has a negative or oversized number field")
         return int.from_bytes(raw[1:], "big")
     text = raw.split(b"\0", 1)[0].strip(b" ")
-    return int(text or b"0", 8)
+    try:
+        return int(text or b"0", 8)
+    except ValueError:
+        raise NotATar("the tar stream has a damaged number field") from None
 
 
 def _pax_records(data):
+    """`<length> <key>=<value>\n` records; damage is NotATar, never another error."""
     records, pos = {}, 0
-    while pos < len(data):
-        space = data.index(b" ", pos)
-        length = int(data[pos:space])
-        key, _, value = data[space + 1:pos + length - 1].partition(b"=")
-        records[key.decode()] = value.decode("utf-8", "surrogateescape")
-        pos += length
+    try:
+        while pos < len(data):
+            space = data.index(b" ", pos)
+            length = int(data[pos:space])
+            if length <= space - pos or pos + length > len(data):
+                raise ValueError
+            key, _, value = data[space + 1:pos + length - 1].partition(b"=")
+            records[key.decode("utf-8", "surrogateescape")] = value.decode("utf-8", "surrogateescape")
+            pos += length
+    except ValueError:
+        raise NotATar("the tar stream has a damaged pax header") from None
+    if "size" in records and not records["size"].isdigit():
+        raise NotATar("the tar stream has a damaged pax size")
     return records
 
 
@@ -142,7 +157,7 @@ def iter_tar(fileobj):
             stored = _number(block, 148, 8)
             computed = sum(block[:148]) + 8 * 32 + sum(block[156:])
             checksum_ok = stored == computed
-        except ValueError:
+        except NotATar:
             pass
         if not checksum_ok:
             raise NotATar("the input is not a tar stream (bad header checksum)" if first
@@ -156,6 +171,8 @@ def iter_tar(fileobj):
             name = f"{prefix}/{name}"
         linkname = _field(block, 157, 100).decode("utf-8", "surrogateescape")
         if type_ in (b"x", b"g", b"L", b"K"):
+            if size > MAX_PAX:
+                raise NotATar(f"the tar stream has an implausibly large extended header ({size} bytes)")
             data = reader.read_exact(size)
             reader.read_exact(-size % BLOCK)
             if type_ == b"x":
@@ -235,7 +252,8 @@ def uncompressed_chunks(first, chunks):
 
 
 class SavedImage:
-    """One image from a save stream, after scanning: config bytes and per-layer results."""
+    """One image read from a save stream: its config bytes, tags, and one result per layer
+    (whatever the layer sink returned for it), base first."""
 
     def __init__(self, config, diff_ids, layer_results, repo_tags):
         self.config = config
@@ -245,107 +263,171 @@ class SavedImage:
         self.repo_tags = repo_tags
 
 
-def scan_save_stream(fileobj, store_layer, have_layer, progress=None):
-    """Read a `docker save` stream once, storing layers as they pass.
+class _Contents:
+    """What one pass over a save stream found: small files, layer results, links."""
 
-    store_layer(chunks, expect_diff_id, path, size) stores an uncompressed layer (the
-    entry at `path`, `size` bytes in the tar) and returns a result with `.diff_id`; have_layer(diff_id) says the destination already holds it, so a blob
-    named by its diffID can be skipped unread. progress (a progress.Progress) sees each
-    layer's bytes. Returns [SavedImage].
+    def __init__(self):
+        self.metadata = {}   # path -> bytes: manifest.json, configs, other small JSON
+        self.layers = {}     # path -> the sink's result
+        self.links = {}      # path -> target path
+        self.held = 0        # bytes in metadata
+
+
+def read_save_stream(fileobj, sink, progress=None):
+    """Read a `docker save` stream once, storing layers as they pass; return [SavedImage].
+
+    sink.store(chunks, expect_diff_id, path, size) stores an uncompressed layer and
+    returns a result with `.diff_id`; sink.known(diff_id, size) returns a result for a
+    layer the destination already holds (a blob named by its diffID is then skipped
+    unread), or None. progress (a progress.Progress) sees each layer's bytes.
     """
+    contents = _scan(fileobj, sink, progress)
+    return _join(contents, sink)
+
+
+def _scan(fileobj, sink, progress):
     def tracked(entry, first):
         chunks = entry.chunks(first)
-        return progress.track(chunks, entry.name.split("/")[-2 if entry.name.endswith("layer.tar") else -1],
-                              entry.size) if progress else chunks
+        label = entry.name.split("/")[-2 if entry.name.endswith("layer.tar") else -1]
+        return progress.track(chunks, label, entry.size) if progress else chunks
 
-    small = {}       # path -> bytes: configs, manifests, small blobs
-    stored = {}      # path -> store_layer result
-    links = {}       # path -> target path
-    seen_manifest = False
+    found = _Contents()
     for entry in iter_tar(fileobj):
         name = entry.name
         if entry.is_link:
+            if len(found.links) >= MAX_ENTRIES:
+                raise DogestryError("the save stream has implausibly many links")
             target = entry.linkname
             if entry.type == b"2" and "/" in name and not target.startswith("/"):
-                target = _join(name.rsplit("/", 1)[0], target)
-            links[name] = target
+                target = _join_path(name.rsplit("/", 1)[0], target)
+            found.links[name] = target
             continue
         if not entry.is_file:
             continue
-        if name == "manifest.json":
-            seen_manifest = True
         if name.endswith("/layer.tar") and name.count("/") == 1:
             first = entry.read(CHUNK)
-            stored[name] = store_layer(uncompressed_chunks(first, tracked(entry, first)), None, name, entry.size)
-        elif name.startswith("blobs/sha256/") and name.count("/") == 2:
-            digest = "sha256:" + name.rsplit("/", 1)[1]
-            if entry.size <= SMALL_BLOB:
-                small[name] = entry.read(entry.size) if entry.size else b""
-            elif have_layer(digest):
-                entry.drain()
-                if progress:
-                    progress.skip(digest, entry.size)
-                stored[name] = _Known(digest)
-            else:
-                first = entry.read(CHUNK)
-                chunks = tracked(entry, first)
-                compressed = first.startswith(GZIP_MAGIC) or first.startswith(ZSTD_MAGIC)
-                stored[name] = store_layer(uncompressed_chunks(first, chunks), None if compressed else digest,
-                                           name, entry.size)
+            found.layers[name] = sink.store(uncompressed_chunks(first, tracked(entry, first)), None, name, entry.size)
+        elif name.startswith("blobs/sha256/") and name.count("/") == 2 and is_digest("sha256:" + name[13:]):
+            _scan_blob(entry, "sha256:" + name[13:], found, sink, progress, tracked)
         elif "/" not in name and (name.endswith(".json") or name in ("repositories", "oci-layout")):
-            if entry.size > MAX_METADATA:
-                raise DogestryError(f"{name} in the save stream is implausibly large ({entry.size} bytes)")
-            small[name] = entry.read(entry.size)
+            _hold(found, name, entry)
         else:
             entry.drain()
-    if not seen_manifest:
-        raise DogestryError("the input has no manifest.json: it is not a `docker save` tar")
-    try:
-        manifest = json.loads(small["manifest.json"])
-        if not isinstance(manifest, list):
-            raise ValueError
-    except ValueError:
-        raise DogestryError("manifest.json in the save stream is not valid") from None
+    return found
 
-    images = []
+
+def _scan_blob(entry, digest, found, sink, progress, tracked):
+    """A blob is a layer or metadata by what its bytes are (the manifest naming it comes
+    last in the stream): gzip or zstd is a compressed layer, a tar header an uncompressed
+    one; anything else (configs of any size, Docker's legacy v1 JSON) is held as metadata
+    and never stored as a layer."""
+    first = entry.read(CHUNK)
+    name = entry.name
+    if first.startswith(GZIP_MAGIC) or first.startswith(ZSTD_MAGIC):
+        found.layers[name] = sink.store(uncompressed_chunks(first, tracked(entry, first)), None, name, entry.size)
+    elif _is_tar_start(first):
+        known = sink.known(digest, entry.size)
+        if known is not None:
+            entry.drain()
+            if progress:
+                progress.skip(digest, entry.size)
+            found.layers[name] = known
+        else:
+            found.layers[name] = sink.store(tracked(entry, first), digest, name, entry.size)
+    else:
+        _hold(found, name, entry, first)
+
+
+def _is_tar_start(data):
+    """True when data begins with a valid tar header, or the zero block of an empty tar."""
+    if len(data) < BLOCK:
+        return False
+    block = data[:BLOCK]
+    if block == b"\0" * BLOCK:
+        return True
+    try:
+        return _number(block, 148, 8) == sum(block[:148]) + 8 * 32 + sum(block[156:])
+    except NotATar:
+        return False
+
+
+def _hold(found, name, entry, first=b""):
+    if entry.size > MAX_METADATA or found.held + entry.size > MAX_HELD:
+        raise DogestryError(f"{name} in the save stream is implausibly large ({entry.size} bytes) for an image "
+                            "config or manifest")
+    data = first + entry.read(entry.size - len(first)) if entry.size > len(first) else first
+    found.metadata[name] = data
+    found.held += len(data)
+
+
+def _load_json(data, what):
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError):
+        raise DogestryError(f"{what} in the save stream is not valid JSON") from None
+
+
+def _manifest_items(found):
+    if "manifest.json" not in found.metadata:
+        raise DogestryError("the input has no manifest.json: it is not a `docker save` tar")
+    manifest = _load_json(found.metadata["manifest.json"], "manifest.json")
+    if not isinstance(manifest, list):
+        raise DogestryError("manifest.json in the save stream is not a list of images")
     for item in manifest:
-        config_path = _resolve(item.get("Config", ""), links)
-        if config_path not in small:
-            raise DogestryError(f"the save stream lacks the config {item.get('Config')!r} named by manifest.json")
-        config = small[config_path]
-        try:
-            diff_ids = json.loads(config)["rootfs"]["diff_ids"]
-        except (ValueError, KeyError, TypeError):
-            raise DogestryError(f"config {config_path} in the save stream has no rootfs.diff_ids") from None
-        layer_paths = item.get("Layers") or []
+        if not (isinstance(item, dict) and isinstance(item.get("Config"), str)
+                and isinstance(item.get("Layers") or [], list)
+                and all(isinstance(p, str) for p in item.get("Layers") or [])
+                and isinstance(item.get("RepoTags") or [], list)
+                and all(isinstance(t, str) for t in item.get("RepoTags") or [])):
+            raise DogestryError("manifest.json in the save stream has an entry that is not "
+                                "{Config, Layers, RepoTags}")
+        yield item["Config"], item.get("Layers") or [], item.get("RepoTags") or []
+
+
+def _config_diff_ids(config, path):
+    obj = _load_json(config, f"config {path}")
+    try:
+        diff_ids = obj["rootfs"]["diff_ids"]
+        if diff_ids is None:
+            diff_ids = []  # an image with no layers (FROM scratch, only metadata)
+        if not isinstance(diff_ids, list) or not all(isinstance(d, str) and is_digest(d) for d in diff_ids):
+            raise TypeError
+    except (KeyError, TypeError):
+        raise DogestryError(f"config {path} in the save stream has no valid rootfs.diff_ids") from None
+    return diff_ids
+
+
+def _join(found, sink):
+    """Join the manifest's images to what the scan stored."""
+    images = []
+    for config_path, layer_paths, repo_tags in _manifest_items(found):
+        config_path = _resolve(config_path, found.links)
+        config = found.metadata.get(config_path)
+        if config is None:
+            raise DogestryError(f"the save stream lacks the config {config_path!r} named by manifest.json")
+        diff_ids = _config_diff_ids(config, config_path)
         if len(layer_paths) != len(diff_ids):
-            raise DogestryError(f"manifest.json lists {len(layer_paths)} layers but config {config_path} has {len(diff_ids)}")
+            raise DogestryError(f"manifest.json lists {len(layer_paths)} layers but config {config_path} "
+                                f"has {len(diff_ids)}")
         results = []
         for path, diff_id in zip(layer_paths, diff_ids):
-            path = _resolve(path, links)
-            result = stored.get(path)
-            if result is None and path in small:
-                data = small[path]
-                result = store_layer(uncompressed_chunks(data, iter([data])), None, path, len(data))
-                stored[path] = result
+            path = _resolve(path, found.links)
+            result = found.layers.get(path)
+            if result is None and path in found.metadata:  # a layer too odd to recognise: try it
+                data = found.metadata[path]
+                result = found.layers[path] = sink.store(uncompressed_chunks(data, iter([data])), None, path,
+                                                         len(data))
             if result is None:
                 raise DogestryError(f"the save stream lacks layer {path} named by manifest.json")
             if result.diff_id != diff_id:
                 raise DogestryError(f"layer {path} in the save stream has diffID {result.diff_id}, "
                                     f"but the image config expects {diff_id}")
             results.append(result)
-        images.append(SavedImage(config, diff_ids, results, item.get("RepoTags") or []))
+        images.append(SavedImage(config, diff_ids, results, repo_tags))
     return images
 
 
-class _Known:
-    """A layer the destination already holds, skipped unread."""
-
-    def __init__(self, diff_id):
-        self.diff_id = diff_id
-
-
-def _join(base, rel):
+def _join_path(base, rel):
     parts = base.split("/") if base else []
     for piece in rel.split("/"):
         if piece == "..":
@@ -367,11 +449,14 @@ def _resolve(path, links):
 # -- writing load tars ----------------------------------------------------------------
 
 def _header(name, size):
+    # PAX: a layer of 8 GiB or more does not fit USTAR's size field; `docker load` reads pax.
+    if size < 0:
+        raise DogestryError(f"{name} has a negative size ({size}); the image record is damaged")
     info = tarfile.TarInfo(name)
     info.size = size
     info.mode = 0o644
     info.mtime = 0
-    return info.tobuf(format=tarfile.USTAR_FORMAT)
+    return info.tobuf(format=tarfile.PAX_FORMAT)
 
 
 def _file(name, data):
@@ -382,39 +467,16 @@ def _file(name, data):
         yield b"\0" * pad
 
 
-class LoadImage:
-    """One image to load: its config, all its layers (base first), and which to include."""
+def load_tar_chunks(images, layer_chunks, include=None):
+    """Yield a `docker load` tar of images (image.Image with config and tags).
 
-    def __init__(self, config, layers, include, tags):
-        self.config = config
-        self.id = sha256_digest(config)
-        self.layers = layers          # LayerDescriptor, base first
-        self.include = include        # set of diff_ids whose bytes go into the tar
-        self.tags = tags              # [Ref]
-
-    def oci_manifest(self):
-        return oci_manifest(self.id, len(self.config), self.layers)
-
-
-def oci_manifest(image_id, config_size, layers):
-    """The OCI manifest we load an image with. It is deterministic, so the containerd
-    store, which names images by manifest digest, gives a pulled image a predictable id."""
-    manifest = {
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": image_id, "size": config_size},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
-                    "digest": layer.diff_id, "size": layer.uncompressed_size} for layer in layers],
-    }
-    return json.dumps(manifest, separators=(",", ":")).encode()
-
-
-def load_tar_chunks(images, layer_chunks):
-    """Yield a `docker load` tar for images; layer_chunks(desc) yields a layer's bytes."""
+    layer_chunks(desc) yields a layer's uncompressed bytes; include is the set of diffIDs
+    whose bytes go into the tar (None: all). Each layer goes in once.
+    """
     written = set()
     for image in images:
         for layer in image.layers:
-            if layer.diff_id not in image.include or layer.diff_id in written:
+            if (include is not None and layer.diff_id not in include) or layer.diff_id in written:
                 continue
             written.add(layer.diff_id)
             yield _header(f"blobs/sha256/{layer.diff_id[7:]}", layer.uncompressed_size)
@@ -432,7 +494,7 @@ def load_tar_chunks(images, layer_chunks):
         if image.id not in written:
             written.add(image.id)
             yield from _file(f"blobs/sha256/{image.id[7:]}", image.config)
-        oci = image.oci_manifest()
+        oci = image.manifest()
         oci_digest = sha256_digest(oci)
         if oci_digest not in written:
             written.add(oci_digest)

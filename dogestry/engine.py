@@ -1,13 +1,16 @@
 """The narrow interface dogestry needs from a Docker engine.
 
 Only these calls touch the docker SDK, which is imported on first use so commands that
-never talk to an engine start fast. A fake with the same methods stands in for unit tests.
+never talk to an engine start fast. Images come back as image.EngineImage. The unit tests
+of push and pull planning (tests/test_transfer_plan.py) use a fake with the same methods:
+uses_containerd_store, inspect, layer_chains, save, load, tag.
 """
 
 import json
 
 from .digests import chain_ids
 from .errors import EngineError, NotFound
+from .image import EngineImage
 
 DEFAULT_HOST = "unix:///var/run/docker.sock"
 
@@ -69,11 +72,11 @@ class Engine:
         return any(k == "driver-type" and "snapshotter" in v for k, v in status)
 
     def inspect(self, image):
-        """Image inspect dict, or None when the engine has no such image."""
+        """The EngineImage `image` names (name:tag or id), or None when the engine has none."""
         import docker.errors
 
         try:
-            return self._call(self.api.inspect_image, image)
+            return EngineImage.from_inspect(self._call(self.api.inspect_image, image))
         except docker.errors.NotFound:
             return None
 
@@ -86,6 +89,10 @@ class Engine:
     def image_ids(self):
         return [img["Id"] for img in self._call(self.api.images, all=True)]
 
+    def tagged_names(self):
+        """name:tag of every tagged image (for completion)."""
+        return [t for img in self._call(self.api.images) for t in img.get("RepoTags") or [] if t != "<none>:<none>"]
+
     def layer_chains(self):
         """Chain ids of every layer the engine holds with everything below it."""
         from concurrent.futures import ThreadPoolExecutor
@@ -94,7 +101,7 @@ class Engine:
         with ThreadPoolExecutor(8) as pool:  # one inspect per image: overlap the round trips
             for found in pool.map(self.inspect, self.image_ids()):
                 if found:
-                    chains.update(chain_ids((found.get("RootFS") or {}).get("Layers") or []))
+                    chains.update(chain_ids(found.diff_ids))
         return chains
 
     def save(self, names):

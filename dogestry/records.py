@@ -3,16 +3,53 @@ fields separated by a single space. Each command's man page gives its fields.
 
     ref record      <image-id> [<name>:<tag>]
     object record   <kind> <digest> [<more fields>...]     kind: image | config | layer
+
+Records stream: a consumer handles each record as soon as its terminator arrives, so a
+pipeline's stages overlap.
 """
+
+from .errors import UsageError
+
+MAX_RECORD = 64 << 10  # no record of ours comes near this; a longer one is not a record
 
 
 def read_records(stream, nul=False):
     """Yield the records on a text stream as lists of fields, skipping blank ones."""
-    data = stream.read()
-    for record in data.split("\0" if nul else "\n"):
-        record = record.strip("\r\n") if not nul else record
-        if record.strip():
-            yield record.split()
+    if not nul:
+        while line := stream.readline(MAX_RECORD + 1):
+            if len(line) > MAX_RECORD:
+                raise UsageError(f"an input record is longer than {MAX_RECORD} characters; expected "
+                                 "'<image-id> [<name>:<tag>]' or '<kind> <digest> ...' records")
+            if line.strip():
+                yield line.split()
+        return
+    pending = ""
+    for data in _pieces(stream):
+        pending += data
+        *records, pending = pending.split("\0")
+        for record in records:
+            if record.strip():
+                yield record.split()
+        if len(pending) > MAX_RECORD:
+            raise UsageError(f"an input record is longer than {MAX_RECORD} characters")
+    if pending.strip():
+        yield pending.split()
+
+
+def _pieces(stream):
+    """Text as it arrives: read1 on the byte stream under a text one, so a NUL-terminated
+    record is handled without waiting for a full buffer."""
+    raw = getattr(stream, "buffer", None)
+    if raw is None or not hasattr(raw, "read1"):
+        while data := stream.read(4096):
+            yield data
+        return
+    import codecs
+
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")
+    while data := raw.read1(4096):
+        yield decoder.decode(data)
+    yield decoder.decode(b"", final=True)
 
 
 def write_ref_record(out, image_id, ref=None, nul=False):

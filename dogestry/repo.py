@@ -1,6 +1,7 @@
 """The portable repository format, version 1, over any backend.
 
-Layout (dogestry-repository(5) is the normative description):
+Layout (dogestry-repository(5) is the normative description; this module is the only
+place that knows it):
 
     dogestry.json                      format marker {"format": "dogestry-repository", "version": 1}
     layers/sha256/<diffid-hex>         a layer tar as stored (lz4 frame or raw)
@@ -11,23 +12,30 @@ Layout (dogestry-repository(5) is the normative description):
 
 Everything but refs is written once and named by content. Writers publish in the order
 layers, configs, image records, refs, so whatever a reader finds through a ref is complete.
+Every object read from a backend is size-capped and verified: a repository is input.
 """
 
 import fnmatch
-import hashlib
-import json
 import os
 
-from . import compress
+from . import layerstore
 from .digests import hex_of, is_digest, sha256_digest
 from .errors import CorruptObject, DogestryError, NotFound, UsageError
-from .pipeline import Stage, produce
-from .refs import Ref, looks_like_id, normalize_id, parse_ref
+from .image import Image, LayerDescriptor, parse_json
+from .refs import looks_like_id, normalize_id, parse_ref
 
 FORMAT_KEY = "dogestry.json"
 FORMAT_NAME = "dogestry-repository"
 FORMAT_VERSION = 1
-CHUNK = 1 << 20
+KINDS = ("layers", "configs", "images")
+
+# Caps on the objects read whole: a damaged or hostile repository must not make a reader
+# allocate without bound (a ref symlinked to /dev/zero).
+MAX_MARKER = 64 << 10
+MAX_REF = 4 << 10
+MAX_DESCRIPTOR = 64 << 10
+MAX_RECORD = 4 << 20
+MAX_CONFIG = 64 << 20
 
 
 def layer_key(diff_id):
@@ -50,73 +58,15 @@ def ref_key(ref):
     return f"repositories/{ref.name}/{ref.tag}"
 
 
-def _hold_last(chunks, verify):
-    """Yield chunks one behind and run verify() before the last goes out, so a consumer
-    (a docker load, an upload) never completes with bytes that failed verification."""
-    pending = None
-    for chunk in chunks:
-        if pending is not None:
-            yield pending
-        pending = chunk
-    verify()
-    if pending is not None:
-        yield pending
+REFS_PREFIX = "repositories/"
 
 
-class LayerDescriptor:
-    """How one layer is stored: enough to verify it before and after decompression."""
-
-    FIELDS = ("diff_id", "codec", "digest", "size", "uncompressed_size")
-    __slots__ = FIELDS
-
-    def __init__(self, diff_id, codec, digest, size, uncompressed_size):
-        self.diff_id, self.codec, self.digest = diff_id, codec, digest
-        self.size, self.uncompressed_size = size, uncompressed_size
-
-    def to_json(self):
-        return {f: getattr(self, f) for f in self.FIELDS}
-
-    @classmethod
-    def from_json(cls, obj, where):
-        try:
-            desc = cls(**{f: obj[f] for f in cls.FIELDS})
-        except (KeyError, TypeError):
-            raise CorruptObject(f"{where} is not a valid layer descriptor") from None
-        if not (is_digest(desc.diff_id) and is_digest(desc.digest) and isinstance(desc.size, int)
-                and isinstance(desc.uncompressed_size, int)):
-            raise CorruptObject(f"{where} is not a valid layer descriptor")
-        return desc
-
-
-class ImageRecord:
-    """An image as the repository knows it: its config digest and its layers, base first."""
-
-    def __init__(self, image_id, config_size, layers):
-        self.id = image_id
-        self.config_size = config_size
-        self.layers = layers
-
-    @property
-    def diff_ids(self):
-        return [layer.diff_id for layer in self.layers]
-
-    def to_bytes(self):
-        obj = {"id": self.id, "config": {"digest": self.id, "size": self.config_size},
-               "layers": [layer.to_json() for layer in self.layers]}
-        return (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode()
-
-    @classmethod
-    def from_bytes(cls, data, where):
-        try:
-            obj = json.loads(data)
-            image_id = obj["id"]
-            config = obj["config"]
-            if config["digest"] != image_id or not is_digest(image_id):
-                raise ValueError
-            layers = [LayerDescriptor.from_json(layer, where) for layer in obj["layers"]]
-            return cls(image_id, int(config["size"]), layers)
-        except (ValueError, KeyError, TypeError):
-            raise CorruptObject(f"{where} is not a valid image record") from None
+def image_keys(image):
+    """Every key an image needs, in publish order (layers, config, record); refs aside."""
+    keys = []
+    for layer in image.layers:
+        keys += [layer_key(layer.diff_id), layer_descriptor_key(layer.diff_id)]
+    return keys + [config_key(image.id), image_key(image.id)]
 
 
 class Repository:
@@ -130,20 +80,30 @@ class Repository:
     def location(self):
         return self.backend.location()
 
+    def _where(self, key):
+        return f"{key} in {self.location}"
+
     # -- format marker --------------------------------------------------------------
     def format_version(self):
         """The repository's format version, or None for an empty location."""
         try:
-            data = self.backend.get(FORMAT_KEY)
+            data = self.backend.get(FORMAT_KEY, limit=MAX_MARKER)
         except NotFound:
             return None
+        except CorruptObject:
+            raise DogestryError(f"{self.location} has a damaged {FORMAT_KEY}; it is not a repository this "
+                                "dogestry can read") from None
         try:
-            marker = json.loads(data)
+            marker = parse_json(data, FORMAT_KEY, "a format marker")
             name, version = marker["format"], marker["version"]
-        except (ValueError, KeyError, TypeError):
-            raise DogestryError(f"{self.location} has a damaged {FORMAT_KEY}; it is not a repository this dogestry can read") from None
+        except (CorruptObject, KeyError, TypeError):
+            raise DogestryError(f"{self.location} has a damaged {FORMAT_KEY}; it is not a repository this "
+                                "dogestry can read") from None
         if name != FORMAT_NAME:
             raise DogestryError(f"{self.location} is not a dogestry repository ({FORMAT_KEY} says {name!r})")
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            raise DogestryError(f"{self.location} has a damaged {FORMAT_KEY}: version {version!r} is not a "
+                                "format version")
         return version
 
     def check_format(self):
@@ -159,9 +119,13 @@ class Repository:
         if self._writable:
             return
         self.check_format()
-        marker = json.dumps({"format": FORMAT_NAME, "version": FORMAT_VERSION}) + "\n"
+        marker = f'{{"format": "{FORMAT_NAME}", "version": {FORMAT_VERSION}}}\n'
         self.backend.put(FORMAT_KEY, marker.encode())
         self._writable = True
+
+    def _get(self, key, limit):
+        self.check_format()
+        return self.backend.get(key, limit=limit)
 
     # -- layers -----------------------------------------------------------------------
     def has_layer(self, diff_id):
@@ -169,15 +133,29 @@ class Repository:
         return self.backend.exists(layer_descriptor_key(diff_id))
 
     def layer_descriptor(self, diff_id):
-        self.check_format()
         key = layer_descriptor_key(diff_id)
-        try:
-            obj = json.loads(self.backend.get(key))
-        except ValueError:
-            raise CorruptObject(f"{key} in {self.location} is not valid JSON") from None
-        desc = LayerDescriptor.from_json(obj, f"{key} in {self.location}")
+        desc = LayerDescriptor.from_bytes(self._get(key, MAX_DESCRIPTOR), self._where(key))
         if desc.diff_id != diff_id:
-            raise CorruptObject(f"{key} in {self.location} describes {desc.diff_id}")
+            raise CorruptObject(f"{self._where(key)} describes {desc.diff_id}")
+        return desc
+
+    def present_layer(self, diff_id):
+        """The descriptor of a layer this repository holds whole, or None.
+
+        A descriptor whose data is missing counts as absent (the layer is stored again);
+        one whose size disagrees with the stored data (another writer's codec, an older
+        dogestry's crash) is repaired from the stored bytes, so a push never reports a
+        layer present that no pull could read.
+        """
+        if not self.has_layer(diff_id):
+            return None
+        desc = self.layer_descriptor(diff_id)
+        try:
+            stored = self.backend.size(layer_key(diff_id))
+        except NotFound:
+            return None
+        if stored != desc.size:
+            desc = self._repair_descriptor(diff_id)
         return desc
 
     def store_layer(self, chunks, expect_diff_id=None):
@@ -189,146 +167,72 @@ class Repository:
         byte is read.
         """
         self._prepare_write()
-        if expect_diff_id and self.has_layer(expect_diff_id):
+        if expect_diff_id is None:
+            return self._store_spooled(chunks)
+        present = self.present_layer(expect_diff_id)
+        if present is not None:
             for _ in chunks:
                 pass
-            return self.layer_descriptor(expect_diff_id), False
-        codec = self.codec
-        comp = compress.compressor(codec)
-        diff_hash, stored_hash = hashlib.sha256(), hashlib.sha256()
-        sizes = {"stored": 0, "uncompressed": 0}
-        if expect_diff_id:
-            sink = self.backend.writer(layer_key(expect_diff_id))
-        else:
-            sink = self.backend.spool()
+            return present, False
+        return self._store_streamed(chunks, expect_diff_id)
 
-        def encode(chunk):
-            out = comp.compress(chunk) if chunk is not None else comp.flush()
-            if out:
-                stored_hash.update(out)
-                sizes["stored"] += len(out)
-                sink.write(out)
-
-        # Reading (this thread), hashing and compressing+writing overlap.
-        hasher, encoder = Stage(diff_hash.update, name="dogestry-hash"), Stage(encode, name="dogestry-encode")
+    def _store_streamed(self, chunks, diff_id):
+        sink = self.backend.writer(layer_key(diff_id))
         try:
-            try:
-                for chunk in chunks:
-                    sizes["uncompressed"] += len(chunk)
-                    hasher.put(chunk)
-                    encoder.put(chunk)
-                encoder.put(None)  # flush the codec
-            except BaseException:
-                hasher.abandon()
-                encoder.abandon()
-                raise
-            try:
-                hasher.close()
-            finally:
-                encoder.close()
-            size, uncompressed = sizes["stored"], sizes["uncompressed"]
-            diff_id = "sha256:" + diff_hash.hexdigest()
-            if expect_diff_id and diff_id != expect_diff_id:
-                raise CorruptObject(f"layer {expect_diff_id} read from the image export has digest {diff_id}")
-            desc = LayerDescriptor(diff_id, codec, "sha256:" + stored_hash.hexdigest(), size, uncompressed)
-            if expect_diff_id:
-                sink.commit()
-            else:
-                sink.close()
-                if self.has_layer(diff_id):
-                    return self.layer_descriptor(diff_id), False
-                self.backend.put_file(layer_key(diff_id), sink.name)
-            self._put_descriptor(desc)
-            return desc, True
+            desc = layerstore.encode(chunks, self.codec, sink.write)
+            if desc.diff_id != diff_id:
+                raise CorruptObject(f"layer {diff_id} read from the image export has digest {desc.diff_id}")
+            published = sink.commit()
         except BaseException:
-            if expect_diff_id:
-                sink.abort()
+            sink.abort()
             raise
-        finally:
-            if not expect_diff_id:
-                sink.close()
-                if os.path.exists(sink.name):
-                    os.unlink(sink.name)
+        return self._publish_descriptor(desc, published)
 
-    def _put_descriptor(self, desc):
-        data = (json.dumps(desc.to_json(), sort_keys=True) + "\n").encode()
-        self.backend.put(layer_descriptor_key(desc.diff_id), data)
+    def _store_spooled(self, chunks):
+        spool = self.backend.spool()
+        try:
+            desc = layerstore.encode(chunks, self.codec, spool.write)
+            spool.close()
+            present = self.present_layer(desc.diff_id)
+            if present is not None:
+                return present, False
+            published = self.backend.put_file(layer_key(desc.diff_id), spool.name)
+        finally:
+            spool.close()
+            if os.path.exists(spool.name):  # put_file consumed it unless we failed first
+                os.unlink(spool.name)
+        return self._publish_descriptor(desc, published)
+
+    def _publish_descriptor(self, desc, published):
+        """Descriptor after data. Only the writer whose bytes were published describes them;
+        when another writer's data won the write-once race, describe what it stored."""
+        if not published:
+            return self._repair_descriptor(desc.diff_id), False
+        self.backend.put(layer_descriptor_key(desc.diff_id), desc.to_bytes(), overwrite=True)
+        return desc, True
+
+    def _repair_descriptor(self, diff_id):
+        key = layer_key(diff_id)
+        desc = layerstore.describe_stored(self.backend, key, diff_id, f"layer {diff_id} ({self._where(key)})")
+        try:
+            current = self.layer_descriptor(diff_id)
+        except (NotFound, CorruptObject):
+            current = None
+        if current != desc:
+            self.backend.put(layer_descriptor_key(diff_id), desc.to_bytes(), overwrite=True)
+        return desc
 
     def layer_chunks(self, desc):
-        """Yield the layer's uncompressed bytes, verifying digests and sizes as they stream.
-
-        A thread reads, hashes and decompresses ahead of the consumer. CorruptObject is
-        raised as soon as the bytes exceed their recorded sizes, and at the end when a
-        digest differs, before the last chunk is handed on, so a load fed from here is cut
-        short instead of completing with damaged content.
-        """
+        """The layer's uncompressed bytes, verified as they stream (layerstore.read_uncompressed)."""
         self.check_format()
         key = layer_key(desc.diff_id)
-        where = f"layer {desc.diff_id} ({key} in {self.location})"
-
-        def decode():
-            decomp = compress.decompressor(desc.codec)
-            stored_hash = hashlib.sha256()
-            size = 0
-            reader = self.backend.open(key)
-            try:
-                while data := reader.read(CHUNK):
-                    size += len(data)
-                    if size > desc.size:
-                        raise CorruptObject(f"{where} is corrupt: larger than its recorded {desc.size} bytes")
-                    stored_hash.update(data)
-                    try:
-                        yield from decomp.decompress(data)
-                    except ValueError as err:
-                        raise CorruptObject(f"{where} is corrupt: {err}") from None
-                try:
-                    decomp.end()
-                except ValueError as err:
-                    raise CorruptObject(f"{where} is corrupt: {err}") from None
-            finally:
-                reader.close()
-            if "sha256:" + stored_hash.hexdigest() != desc.digest or size != desc.size:
-                raise CorruptObject(f"{where} is corrupt: stored bytes do not match digest {desc.digest}")
-
-        diff_hash = hashlib.sha256()
-        counted = {"uncompressed": 0}
-
-        def hashed():
-            for out in produce(decode, depth=4, name="dogestry-decode"):
-                counted["uncompressed"] += len(out)
-                if counted["uncompressed"] > desc.uncompressed_size:
-                    raise CorruptObject(f"{where} is corrupt: expands beyond its recorded size")
-                diff_hash.update(out)
-                yield out
-
-        def verify():
-            if "sha256:" + diff_hash.hexdigest() != desc.diff_id or counted["uncompressed"] != desc.uncompressed_size:
-                raise CorruptObject(f"{where} is corrupt: its content does not match its diffID")
-
-        return _hold_last(hashed(), verify)
+        return layerstore.read_uncompressed(self.backend, key, desc, f"layer {desc.diff_id} ({self._where(key)})")
 
     def stored_chunks(self, desc):
-        """Yield the layer's stored bytes as they are, verified against the descriptor."""
+        """The layer's stored bytes as they are, verified against the descriptor."""
+        self.check_format()
         key = layer_key(desc.diff_id)
-        where = f"layer {desc.diff_id} ({key} in {self.location})"
-        stored_hash = hashlib.sha256()
-        counted = {"size": 0}
-
-        def read():
-            reader = self.backend.open(key)
-            try:
-                while data := reader.read(CHUNK):
-                    counted["size"] += len(data)
-                    stored_hash.update(data)
-                    yield data
-            finally:
-                reader.close()
-
-        def verify():
-            if "sha256:" + stored_hash.hexdigest() != desc.digest or counted["size"] != desc.size:
-                raise CorruptObject(f"{where} is corrupt: stored bytes do not match digest {desc.digest}")
-
-        return _hold_last(read(), verify)
+        return layerstore.read_stored(self.backend, key, desc, f"layer {desc.diff_id} ({self._where(key)})")
 
     def put_stored_layer(self, desc, chunks):
         """Publish a layer copied from another repository in its stored form."""
@@ -337,11 +241,11 @@ class Repository:
         try:
             for chunk in chunks:
                 sink.write(chunk)
-            sink.commit()
+            published = sink.commit()
         except BaseException:
             sink.abort()
             raise
-        self._put_descriptor(desc)
+        return self._publish_descriptor(desc, published)[0]
 
     # -- configs and image records ----------------------------------------------------
     def has_config(self, image_id):
@@ -355,64 +259,94 @@ class Repository:
         return image_id
 
     def get_config(self, image_id):
-        self.check_format()
         key = config_key(image_id)
         try:
-            data = self.backend.get(key)
+            data = self._get(key, MAX_CONFIG)
         except NotFound:
             raise NotFound(f"config of image {image_id} ({key}) not found in {self.location}") from None
         if sha256_digest(data) != image_id:
-            raise CorruptObject(f"config {image_id} ({key} in {self.location}) is corrupt: digest mismatch")
+            raise CorruptObject(f"config {image_id} ({self._where(key)}) is corrupt: digest mismatch")
         return data
 
     def has_image(self, image_id):
         self.check_format()
         return self.backend.exists(image_key(image_id))
 
-    def put_image(self, record):
+    def put_image(self, image):
         self._prepare_write()
-        return self.backend.put(image_key(record.id), record.to_bytes())
+        return self.backend.put(image_key(image.id), image.to_record())
 
     def get_image(self, image_id):
-        self.check_format()
+        """The image record of image_id, as an Image (without config bytes)."""
         key = image_key(image_id)
         try:
-            data = self.backend.get(key)
+            data = self._get(key, MAX_RECORD)
         except NotFound:
             raise NotFound(f"image {image_id} not found in {self.location}") from None
-        record = ImageRecord.from_bytes(data, f"{key} in {self.location}")
-        if record.id != image_id:
-            raise CorruptObject(f"{key} in {self.location} describes {record.id}")
-        return record
+        image = Image.from_record(data, self._where(key))
+        if image.id != image_id:
+            raise CorruptObject(f"{self._where(key)} describes {image.id}")
+        return image
+
+    def load_image(self, image_id, tags=()):
+        """An Image with its config bytes, ready to load or serve."""
+        image = self.get_image(image_id)
+        image.config = self.get_config(image_id)
+        if len(image.config) != image.config_size:
+            raise CorruptObject(f"image record {image_id} in {self.location} gives its config a wrong size")
+        image.tags = list(tags)
+        return image
 
     def image_ids(self):
         self.check_format()
         for key in self.backend.list("images/sha256/"):
             name = key.rsplit("/", 1)[-1]
-            if name.endswith(".json"):
+            if name.endswith(".json") and is_digest("sha256:" + name[:-5]):
                 yield "sha256:" + name[:-5]
 
-    def missing_objects(self, record):
-        """Keys an image record needs that this repository lacks (a complete image has none)."""
-        missing = [config_key(record.id)] if not self.backend.exists(config_key(record.id)) else []
-        missing += [layer_descriptor_key(d) for d in record.diff_ids if not self.backend.exists(layer_descriptor_key(d))]
+    def missing_objects(self, image):
+        """Keys an image needs that this repository lacks (a complete image has none)."""
+        missing = [config_key(image.id)] if not self.backend.exists(config_key(image.id)) else []
+        missing += [layer_descriptor_key(d) for d in image.diff_ids if not self.backend.exists(layer_descriptor_key(d))]
         return missing
+
+    def holds_whole(self, image_id):
+        """True when the repository has image_id's record and every object it needs."""
+        return self.has_image(image_id) and not self.missing_objects(self.get_image(image_id))
+
+    def count_objects(self):
+        """{kind: number of objects} for layers, configs and images, and the number of refs."""
+        counts = {}
+        for kind in KINDS:
+            counts[kind] = sum(1 for key in self.backend.list(f"{kind}/")
+                               if kind != "layers" or not key.endswith(".json"))
+        counts["refs"] = sum(1 for _ in self.backend.list(REFS_PREFIX))
+        return counts
 
     # -- refs ---------------------------------------------------------------------------
     def get_ref(self, ref):
-        self.check_format()
         try:
-            data = self.backend.get(ref_key(ref)).decode("ascii", "replace").strip()
+            data = self._get(ref_key(ref), MAX_REF)
         except NotFound:
             raise NotFound(f"{ref} not found in {self.location}") from None
-        if not is_digest(data):
+        except CorruptObject:
+            raise CorruptObject(f"ref {ref} in {self.location} is damaged ({ref_key(ref)})") from None
+        text = data.decode("ascii", "replace").strip()
+        if not is_digest(text):
             raise CorruptObject(f"ref {ref} in {self.location} is damaged ({ref_key(ref)})")
-        return data
+        return text
+
+    def find_ref(self, ref):
+        """The image id ref points at, or None."""
+        try:
+            return self.get_ref(ref)
+        except NotFound:
+            return None
 
     def set_ref(self, ref, image_id):
         """Point ref at image_id, refusing an image this repository does not hold whole."""
-        record = self.get_image(image_id)
-        missing = self.missing_objects(record)
+        image = self.get_image(image_id)
+        missing = self.missing_objects(image)
         if missing:
             raise DogestryError(f"refusing to point {ref} at {image_id}: {self.location} lacks {missing[0]}"
                                 f"{f' and {len(missing) - 1} more objects' if len(missing) > 1 else ''}")
@@ -423,8 +357,8 @@ class Repository:
         """(image_id, Ref) for every ref, sorted by name:tag; pattern is a glob on name:tag."""
         self.check_format()
         out = []
-        for key in self.backend.list("repositories/"):
-            name, _, tag = key[len("repositories/"):].rpartition("/")
+        for key in self.backend.list(REFS_PREFIX):
+            name, _, tag = key[len(REFS_PREFIX):].rpartition("/")
             try:
                 ref = parse_ref(f"{name}:{tag}")
             except UsageError:
@@ -463,6 +397,3 @@ class Repository:
         if len(candidates) > 1:
             raise DogestryError(f"image id prefix {text} is ambiguous in {self.location}: {' '.join(candidates)}")
         return candidates[0], None
-
-
-__all__ = ["Repository", "ImageRecord", "LayerDescriptor", "Ref"]

@@ -184,9 +184,9 @@ def test_sync_objects_copies_a_verified_closure(engine, unique, tmp_path):
     _two_apps(engine, unique)
     image_id = _ids(dogestry("push", src, f"t{unique}/app:2", env=engine.env()))[0]
     walked = dogestry("walk-ancestry", src, image_id)
-    copied = dogestry("sync-objects", src, dst, input=walked.stdout).stdout.decode().splitlines()
+    copied = dogestry("sync-objects", "--stdin", src, dst, input=walked.stdout).stdout.decode().splitlines()
     assert copied[-1] == f"image {image_id}" and f"config {image_id}" in copied
-    assert dogestry("sync-objects", src, dst, input=walked.stdout).stdout == b""
+    assert dogestry("sync-objects", "--stdin", src, dst, input=walked.stdout).stdout == b""
     dogestry("update-ref", dst, f"t{unique}/app:2", image_id)
     engine.rmi(f"t{unique}/app:2")
     dogestry("pull", dst, f"t{unique}/app:2", env=engine.env())

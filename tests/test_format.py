@@ -10,10 +10,11 @@ import tarfile
 import pytest
 
 from dogestry.backends import open_backend
-from dogestry.dockertar import LoadImage, load_tar_chunks, scan_save_stream
+from dogestry.dockertar import load_tar_chunks, read_save_stream
 from dogestry.errors import CorruptObject, DogestryError, NotFound
 from dogestry.refs import parse_ref
-from dogestry.repo import ImageRecord, Repository
+from dogestry.image import Image
+from dogestry.repo import Repository
 
 
 def _layer_tar(files):
@@ -55,11 +56,23 @@ def repo(tmp_path):
     return Repository(open_backend(str(tmp_path / "repo")))
 
 
-def _store(repo):
-    def store_layer(chunks, expect, path=None, size=None):
-        desc, _ = repo.store_layer(chunks, expect)
+class _Sink:
+    """The layer sink read_save_stream writes to: the repository, skipping what it has."""
+
+    def __init__(self, repo):
+        self.repo, self.stored = repo, []
+
+    def store(self, chunks, expect, path=None, size=None):
+        desc, _ = self.repo.store_layer(chunks, expect)
+        self.stored.append(desc.diff_id)
         return desc
-    return store_layer
+
+    def known(self, diff_id, size):
+        return self.repo.present_layer(diff_id)
+
+
+def _scan(repo, data):
+    return read_save_stream(io.BytesIO(data), _Sink(repo))
 
 
 BIG = os.urandom(2 << 20)
@@ -74,7 +87,7 @@ def test_scan_docker_1_10_to_24_format_with_symlinked_duplicate(repo):
                       ("ccc/layer.tar", ("symlink", "../aaa/layer.tar")),
                       ("manifest.json", json.dumps([{"Config": f"{cid}.json", "RepoTags": ["app:1"],
                                                      "Layers": ["aaa/layer.tar", "bbb/layer.tar", "ccc/layer.tar"]}]).encode())])
-    images = scan_save_stream(io.BytesIO(data), _store(repo), repo.has_layer)
+    images = _scan(repo, data)
     assert [i.id for i in images] == [_digest(config)]
     assert images[0].repo_tags == ["app:1"]
     assert [r.diff_id for r in images[0].layer_results] == [_digest(L1), _digest(L2), _digest(L1)]
@@ -84,20 +97,15 @@ def test_scan_docker_1_10_to_24_format_with_symlinked_duplicate(repo):
 def test_scan_oci_layout_skips_known_layers_unread(repo):
     config = _config([L1, L2])
     desc, _ = repo.store_layer(iter([L1]))
-    names = {}
-
-    def store_layer(chunks, expect, path=None, size=None):
-        d, _ = repo.store_layer(chunks, expect)
-        names[d.diff_id] = True
-        return d
     data = _save_tar([(f"blobs/sha256/{_digest(L1)[7:]}", L1), (f"blobs/sha256/{_digest(L2)[7:]}", L2),
                       (f"blobs/sha256/{_digest(config)[7:]}", config), ("oci-layout", b"{}"),
                       ("manifest.json", json.dumps([{"Config": f"blobs/sha256/{_digest(config)[7:]}",
                                                      "Layers": [f"blobs/sha256/{_digest(L1)[7:]}",
                                                                 f"blobs/sha256/{_digest(L2)[7:]}"]}]).encode())])
-    images = scan_save_stream(io.BytesIO(data), store_layer, repo.has_layer)
+    sink = _Sink(repo)
+    images = read_save_stream(io.BytesIO(data), sink)
     assert [r.diff_id for r in images[0].layer_results] == [desc.diff_id, _digest(L2)]
-    assert _digest(L1) not in names  # skipped by name, never re-stored
+    assert sink.stored == [_digest(L2)]  # L1 skipped by name, never re-stored
 
 
 def test_scan_containerd_store_gzip_blobs_are_decompressed_and_checked(repo):
@@ -106,7 +114,7 @@ def test_scan_containerd_store_gzip_blobs_are_decompressed_and_checked(repo):
     data = _save_tar([(f"blobs/sha256/{_digest(gz)[7:]}", gz), (f"blobs/sha256/{_digest(config)[7:]}", config),
                       ("manifest.json", json.dumps([{"Config": f"blobs/sha256/{_digest(config)[7:]}",
                                                      "Layers": [f"blobs/sha256/{_digest(gz)[7:]}"]}]).encode())])
-    images = scan_save_stream(io.BytesIO(data), _store(repo), repo.has_layer)
+    images = _scan(repo, data)
     assert images[0].layer_results[0].diff_id == _digest(L1)
     assert b"".join(repo.layer_chunks(repo.layer_descriptor(_digest(L1)))) == L1
 
@@ -117,13 +125,13 @@ def test_scan_refuses_a_layer_that_does_not_match_the_config(repo):
     data = _save_tar([(f"{cid}.json", config), ("aaa/layer.tar", L1),
                       ("manifest.json", json.dumps([{"Config": f"{cid}.json", "Layers": ["aaa/layer.tar"]}]).encode())])
     with pytest.raises(DogestryError, match="diffID"):
-        scan_save_stream(io.BytesIO(data), _store(repo), repo.has_layer)
+        _scan(repo, data)
 
 
 @pytest.mark.parametrize("data", [b"", b"not a tar at all" * 64, _save_tar([("x", b"1")])[:700]])
 def test_scan_refuses_non_tar_and_truncated_input(repo, data):
     with pytest.raises(DogestryError):
-        scan_save_stream(io.BytesIO(data), _store(repo), repo.has_layer)
+        _scan(repo, data)
 
 
 @pytest.mark.parametrize("codec", ["lz4", "none"])
@@ -159,7 +167,7 @@ def test_ref_to_an_incomplete_image_is_refused(repo):
     image_id = repo.put_config(config)
     with pytest.raises(NotFound):
         repo.set_ref(parse_ref("app:1"), image_id)
-    missing = ImageRecord(image_id, len(config), [desc])
+    missing = Image(image_id, len(config), [desc])
     repo.put_image(missing)
     repo.backend.delete(f"layers/sha256/{desc.diff_id[7:]}.json")
     with pytest.raises(DogestryError, match="lacks"):
@@ -173,7 +181,7 @@ def test_resolve_names_and_prefixes(repo):
         desc, _ = repo.store_layer(iter([layer]))
         config = _config([layer])
         image_id = repo.put_config(config)
-        repo.put_image(ImageRecord(image_id, len(config), [desc]))
+        repo.put_image(Image(image_id, len(config), [desc]))
         ids.append(image_id)
     repo.set_ref(parse_ref("app:1"), ids[0])
     assert repo.resolve("app:1") == (ids[0], parse_ref("app:1"))
@@ -188,7 +196,7 @@ def test_resolve_names_and_prefixes(repo):
         n += 1
         config = json.dumps({"n": n, "rootfs": {"type": "layers", "diff_ids": [desc.diff_id]}}).encode()
         image_id = repo.put_config(config)
-        repo.put_image(ImageRecord(image_id, len(config), [desc]))
+        repo.put_image(Image(image_id, len(config), [desc]))
         ids.append(image_id)
         seen.add(image_id[7])
     shared = next(c for c in seen if sum(i[7] == c for i in ids) > 1)
@@ -200,8 +208,8 @@ def test_load_tar_puts_metadata_last_and_leaves_out_present_layers(repo):
     d1, _ = repo.store_layer(iter([L1]))
     d2, _ = repo.store_layer(iter([L2]))
     config = _config([L1, L2])
-    image = LoadImage(config, [d1, d2], {d2.diff_id}, [parse_ref("app:1")])
-    data = b"".join(load_tar_chunks([image], repo.layer_chunks))
+    image = Image.from_config(config, [d1, d2], tags=[parse_ref("app:1")])
+    data = b"".join(load_tar_chunks([image], repo.layer_chunks, include={d2.diff_id}))
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:
         names = tar.getnames()
         manifest = json.load(tar.extractfile("manifest.json"))

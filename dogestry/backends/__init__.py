@@ -5,13 +5,19 @@ above never knows which one it talks to. The contract, which tests/test_backend_
 runs against every backend:
 
 - keys are `/`-separated relative paths checked by `check_key`;
-- `get`/`open` raise NotFound for a missing key, StorageError for anything else;
+- `get`/`open`/`size` raise NotFound for a missing key, StorageError for anything else;
+  `get(key, limit=N)` raises CorruptObject instead of reading more than N bytes;
 - `put`/`put_file` are atomic: a reader sees the whole object or nothing;
 - with overwrite=False they are write-once: an existing key is left alone and False
   is returned (the object is content-addressed, so the existing copy is the same);
 - `list(prefix)` yields every complete key under prefix, never a temporary;
 - `writer(key)` streams an object of unknown size; nothing is visible before `commit()`,
-  and `abort()` (or an exception) leaves nothing behind.
+  and `abort()` (or an exception) leaves nothing behind;
+- optional capabilities are declared in `capabilities`, never probed: PRESIGN (`presign`),
+  WRITE (a read-only backend raises StorageError from every write).
+
+A network backend raises retry.TransientError for what may pass (throttling, 5xx, a reset)
+and lets retry.retrying() decide when to give up; everything else is permanent.
 """
 
 import os
@@ -21,7 +27,8 @@ from urllib.parse import urlsplit
 
 from ..errors import UsageError
 
-_KEY_RE = re.compile(r"^[A-Za-z0-9_.:@+-]+(?:/[A-Za-z0-9_.:@+-]+)*$")
+_KEY_RE = re.compile(r"^[A-Za-z0-9_.:@+\[\]-]+(?:/[A-Za-z0-9_.:@+\[\]-]+)*$")
+PRESIGN, WRITE = "presign", "write"
 
 
 def check_key(key):
@@ -35,17 +42,23 @@ class Backend:
     """Base class; a backend fills in the storage primitives."""
 
     kind = "?"
+    capabilities = frozenset({WRITE})
 
     def __init__(self, url, temp_dir=None):
         self.url = url
         self.temp_dir = temp_dir
 
     # -- primitives every backend implements --------------------------------------
-    def get(self, key):
+    def get(self, key, limit=None):
+        """The object's bytes; with limit, CorruptObject rather than more than limit bytes."""
         raise NotImplementedError
 
     def open(self, key):
         """A binary reader (read(n), close()) of the object's bytes."""
+        raise NotImplementedError
+
+    def size(self, key):
+        """The object's size in bytes."""
         raise NotImplementedError
 
     def exists(self, key):
@@ -80,11 +93,22 @@ class Backend:
         """
         return tempfile.NamedTemporaryFile(dir=self.temp_dir, prefix="dogestry-", delete=False)
 
+    def presign(self, key, expires):
+        """A URL that GETs key for `expires` seconds, with no credentials (PRESIGN only)."""
+        raise NotImplementedError
+
     def location(self):
         return self.url
 
     def close(self):
         pass
+
+
+def too_large(key, where, limit):
+    from ..errors import CorruptObject
+
+    return CorruptObject(f"{key} in {where} is larger than {limit} bytes, more than such an object can be: "
+                         "the repository is damaged")
 
 
 class SpoolWriter:
@@ -119,14 +143,14 @@ def _s3(url, temp_dir, config):
     return S3Backend(url, temp_dir=temp_dir, config=config)
 
 
-def _shared(url, temp_dir, config):
-    from .shared import SharedBackend
+def _presigned(url, temp_dir, config):
+    from .presigned import PresignedIndexBackend
 
-    return SharedBackend(url, temp_dir=temp_dir)
+    return PresignedIndexBackend(url, temp_dir=temp_dir)
 
 
 # One place decides which module serves a URL (dulwich's get_transport_and_path).
-SCHEMES = {"file": _local, "s3": _s3, "https": _shared, "http": _shared}
+SCHEMES = {"file": _local, "s3": _s3, "https": _presigned, "http": _presigned}
 
 
 def open_backend(url, temp_dir=None, config=None):

@@ -6,7 +6,7 @@ import tempfile
 from urllib.parse import unquote, urlsplit
 
 from ..errors import NotFound, StorageError, UsageError
-from . import Backend, check_key
+from . import Backend, check_key, too_large
 
 _CHUNK = 1 << 20
 
@@ -36,10 +36,13 @@ class LocalBackend(Backend):
     def _storage_error(self, err, what):
         return StorageError(f"{what}: {err.strerror or err} ({self.root})")
 
-    def get(self, key):
+    def get(self, key, limit=None):
         try:
             with open(self._path(key), "rb") as f:
-                return f.read()
+                data = f.read() if limit is None else f.read(limit + 1)
+                if limit is not None and len(data) > limit:
+                    raise too_large(key, self.root, limit)
+                return data
         except FileNotFoundError:
             raise NotFound(f"{key} not found in {self.root}") from None
         except OSError as err:

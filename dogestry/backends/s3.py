@@ -12,12 +12,12 @@ imported only when an s3:// remote is used.
 import os
 import stat
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import parse_qs, urlsplit
 
 from ..errors import NotFound, StorageError, UsageError
-from . import Backend, check_key
+from . import PRESIGN, WRITE, Backend, check_key, too_large
+from .retry import TransientError, retrying
 
 # Memory is bounded by these: about (UPLOAD_PARALLEL + 1) x PART_SIZE per upload and
 # 2 x DOWNLOAD_PARALLEL x RANGE_SIZE per download (bench/RESULTS.md has the peak RSS).
@@ -78,6 +78,7 @@ def _status(err):
 
 class S3Backend(Backend):
     kind = "s3"
+    capabilities = frozenset({WRITE, PRESIGN})
 
     def __init__(self, url, temp_dir=None, config=None, warn=None):
         super().__init__(url, temp_dir)
@@ -180,14 +181,14 @@ class S3Backend(Backend):
             raise self._fail(err, what) from None
 
     # -- the backend contract ---------------------------------------------------------
-    def get(self, key):
-        return self._read(self._key(key))
+    def get(self, key, limit=None):
+        return self._read(self._key(key), limit=limit)
 
-    def _read(self, full, start=None, end=None):
+    def _read(self, full, start=None, end=None, limit=None):
         """GET an object or a range, retrying when the body breaks off mid-transfer.
 
         botocore retries a failed request, but not a response body that is cut short
-        after the headers arrived; that is retried here, the range alone.
+        after the headers arrived; that is retried here (retry.retrying), the range alone.
         """
         from botocore.exceptions import ConnectionClosedError, IncompleteReadError, ReadTimeoutError, \
             ResponseStreamingError
@@ -196,21 +197,25 @@ class S3Backend(Backend):
         kwargs = {"Key": full}
         if start is not None:
             kwargs["Range"] = f"bytes={start}-{end - 1}"
-        for attempt in range(MAX_ATTEMPTS):
-            body = self._call(f"cannot read {key}", self.client.get_object, **kwargs)["Body"]
+
+        def attempt():
+            response = self._call(f"cannot read {key}", self.client.get_object, **kwargs)
+            body = response["Body"]
             try:
+                if limit is not None and response.get("ContentLength", 0) > limit:
+                    raise too_large(key, self.location(), limit)
                 data = body.read()
                 if start is not None and len(data) != end - start:
                     raise IncompleteReadError(actual_bytes=len(data), expected_bytes=end - start)
                 return data
             except (IncompleteReadError, ResponseStreamingError, ConnectionClosedError, ReadTimeoutError,
                     ConnectionError) as err:
-                if attempt == MAX_ATTEMPTS - 1:
-                    raise StorageError(f"cannot read {key}: the transfer from S3 kept breaking off "
-                                       f"({type(err).__name__})") from None
-                time.sleep(min(0.2 * 2 ** attempt, 5))
+                raise TransientError(f"cannot read {key}: the transfer from S3 kept breaking off "
+                                     f"({type(err).__name__})") from None
             finally:
                 body.close()
+
+        return retrying(attempt, attempts=MAX_ATTEMPTS)
 
     def size(self, key):
         return self._call(f"cannot stat {key}", self.client.head_object, Key=self._key(key))["ContentLength"]

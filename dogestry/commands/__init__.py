@@ -1,4 +1,117 @@
-"""One module per command; each has add_arguments(parser) and run(ctx, args).
+"""The command table and the parser built from it.
 
-The plumbing modules also export the functions porcelain calls in-process.
+One table gives every command its category, module and completers; it drives parsing,
+`dogestry help`, completion and the man index (tests/test_docs.py). cli.py runs the
+parser; commands/help.py reads the table. Each command module has SUMMARY,
+add_arguments(parser) and run(ctx, args): it parses arguments and reads or writes
+records, and calls the library (transfer, repo, ...) for everything else. No command
+module imports another.
 """
+
+import argparse
+import importlib
+
+from .. import __version__
+from ..completion import engine_images, remote_refs, remotes
+from ..errors import UsageError
+
+PORCELAIN, PLUMBING = "porcelain", "plumbing"
+
+
+class Command:
+    def __init__(self, name, category, module, completers=None):
+        self.name, self.category, self.module_name = name, category, module
+        self.completers = completers or {}
+
+    @property
+    def module(self):
+        return importlib.import_module(f"dogestry.commands.{self.module_name}")
+
+    @property
+    def summary(self):
+        return self.module.SUMMARY
+
+
+def help_topics(prefix, **kwargs):
+    """Commands and the section 5 topics, for `dogestry help <TAB>`."""
+    return [name for name in [*BY_NAME, *TOPICS] if name.startswith(prefix)]
+
+
+_REMOTE = {"remote": remotes}
+_REFS = {"remote": remotes, "images": remote_refs}
+
+COMMANDS = [
+    Command("push", PORCELAIN, "push", {"remote": remotes, "images": engine_images}),
+    Command("pull", PORCELAIN, "pull", _REFS),
+    Command("remote", PORCELAIN, "remote", _REMOTE),
+    Command("share", PORCELAIN, "share", _REFS),
+    Command("help", PORCELAIN, "help", {"topic": help_topics}),
+    Command("completion", PORCELAIN, "completion"),
+    Command("save-to-repo", PLUMBING, "save_to_repo", {"remote": remotes, "images": engine_images}),
+    Command("resolve-ref", PLUMBING, "resolve_ref", _REFS),
+    Command("walk-ancestry", PLUMBING, "walk_ancestry", _REFS),
+    Command("sync-objects", PLUMBING, "sync_objects", {"src": remotes, "dst": remotes}),
+    Command("build-load-tar", PLUMBING, "build_load_tar", _REFS),
+    Command("update-ref", PLUMBING, "update_ref", _REFS),
+    Command("show-ref", PLUMBING, "show_ref", _REMOTE),
+]
+BY_NAME = {c.name: c for c in COMMANDS}
+GLOBAL_WITH_VALUE = {"--config", "--docker-host"}
+# Section 5 pages `dogestry help TOPIC` shows besides the commands.
+TOPICS = {"repository": "dogestry-repository.5", "dogestry.cfg": "dogestry.cfg.5"}
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):
+        # "pull: unrecognized arguments", printed by cli.main after its own "dogestry: ".
+        where = self.prog.split(" ", 1)[1] + ": " if " " in self.prog else ""
+        raise UsageError(f"{where}{message}")
+
+
+def _global_options(parser, after_command=False):
+    """--config, --docker-host, -q/-v, --debug: accepted before or after the command. After
+    it they default to SUPPRESS, so a value given before the command is not overwritten."""
+    default = argparse.SUPPRESS if after_command else None
+    flag = argparse.SUPPRESS if after_command else False
+    parser.add_argument("--config", metavar="FILE", default=default,
+                        help="config file (default: $DOGESTRY_CONFIG or ./dogestry.cfg)")
+    parser.add_argument("--docker-host", metavar="URL", default=default,
+                        help="Docker engine, e.g. unix:///var/run/docker.sock")
+    noise = parser.add_mutually_exclusive_group()
+    noise.add_argument("-q", "--quiet", action="store_true", default=flag, help="print only results and errors")
+    noise.add_argument("-v", "--verbose", action="store_true", default=flag, help="report each decision on stderr")
+    parser.add_argument("--debug", action="store_true", default=flag, help="show tracebacks for errors")
+
+
+def is_global_option(action):
+    return action.dest in ("config", "docker_host", "quiet", "verbose", "debug")
+
+
+def remote_argument(p, help_text="remote: config alias, path or URL"):
+    p.add_argument("remote", metavar="REMOTE", help=help_text)
+
+
+def nul_option(p, help_text="NUL-terminated records"):
+    p.add_argument("-z", dest="nul", action="store_true", help=help_text)
+
+
+def stdin_option(p, help_text):
+    p.add_argument("--stdin", action="store_true", help=help_text)
+
+
+def build_parser():
+    parser = Parser(prog="dogestry", description="Ship Docker images through dumb storage, without a registry.",
+                    epilog="Run 'dogestry help' for the commands by category.")
+    parser.add_argument("--version", action="version", version=f"dogestry {__version__}")
+    _global_options(parser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    for command in COMMANDS:
+        module = command.module
+        p = sub.add_parser(command.name, help=module.SUMMARY, description=module.SUMMARY)
+        module.add_arguments(p)
+        _global_options(p.add_argument_group("global options"), after_command=True)
+        for action in p._actions:
+            if action.dest in command.completers:
+                action.completer = command.completers[action.dest]
+        p.set_defaults(func=module.run)
+    return parser

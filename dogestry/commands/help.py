@@ -1,51 +1,69 @@
-"""help: list commands by category, or show one command's manual."""
+"""help: list commands by category, or show a command's (or a topic's) manual."""
 
 import os
 import shutil
+import site
 import subprocess
 import sys
 
 from ..errors import UsageError
+from . import BY_NAME, COMMANDS, PLUMBING, PORCELAIN, TOPICS, build_parser
 
 SUMMARY = "list the commands, or show a command's manual"
 
 
 def add_arguments(p):
-    p.add_argument("topic", metavar="COMMAND", nargs="?", help="a command name")
+    p.add_argument("topic", metavar="COMMAND", nargs="?",
+                   help=f"a command name, or a topic: {', '.join(TOPICS)}")
 
 
 def man_page(name):
-    """Path of a man page in this checkout, or where `pip install` put it (data_files)."""
+    """Path of a man page: this checkout's man/, else where an install put it (data_files
+    under the environment's prefix: a venv, pipx's venv, /usr/local; or pip --user's base)."""
     here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     section = "man" + name.rsplit(".", 1)[1]
-    for candidate in (os.path.join(here, "man", name), os.path.join(sys.prefix, "share", "man", section, name)):
-        if os.path.exists(candidate):
+    prefixes = [sys.prefix, sys.base_prefix, site.getuserbase(), "/usr/local", "/usr"]
+    candidates = [os.path.join(here, "man", name)] + [os.path.join(p, "share", "man", section, name) for p in prefixes]
+    for candidate in candidates:
+        if os.path.isfile(candidate):
             return candidate
     return None
 
 
-def run(ctx, args):
-    from ..cli import BY_NAME, COMMANDS, PLUMBING, PORCELAIN
+def _overview(out):
+    out.write("usage: dogestry [--config FILE] [--docker-host URL] [-q|-v] [--debug] COMMAND ...\n")
+    for category, title in ((PORCELAIN, "Porcelain commands"), (PLUMBING, "Plumbing commands")):
+        out.write(f"\n{title}:\n")
+        for command in COMMANDS:
+            if command.category == category:
+                out.write(f"  {command.name:<16}{command.summary}\n")
+    out.write("\n'dogestry help COMMAND' shows a command's manual; 'dogestry help repository' the storage "
+              "format, 'dogestry help dogestry.cfg' the config file.\n")
 
+
+def run(ctx, args):
     if not args.topic:
-        ctx.out.write("usage: dogestry [--config FILE] [--docker-host URL] [-q|-v] [--debug] COMMAND ...\n")
-        for category, title in ((PORCELAIN, "Porcelain commands"), (PLUMBING, "Plumbing commands")):
-            ctx.out.write(f"\n{title}:\n")
-            for command in COMMANDS:
-                if command.category == category:
-                    ctx.out.write(f"  {command.name:<16}{command.summary}\n")
-        ctx.out.write("\n'dogestry help COMMAND' shows a command's manual; man dogestry-repository for the storage format.\n")
+        _overview(ctx.out)
         return 0
-    if args.topic not in BY_NAME:
-        raise UsageError(f"no such command {args.topic!r}; see 'dogestry help'")
-    page = man_page(f"dogestry-{args.topic}.1")
+    if args.topic in TOPICS:
+        page = man_page(TOPICS[args.topic])
+    elif args.topic in BY_NAME:
+        page = man_page(f"dogestry-{args.topic}.1")
+    else:
+        raise UsageError(f"no such command or topic {args.topic!r}; see 'dogestry help'")
     if page and shutil.which("man"):
         if ctx.out.isatty():
             return subprocess.call(["man", "-l", page])
-        text = subprocess.run(["man", "-l", page], capture_output=True, env=dict(os.environ, MANPAGER="cat",
-                                                                                 MANWIDTH="80"))
+        text = subprocess.run(["man", "-l", page], capture_output=True,
+                              env=dict(os.environ, MANPAGER="cat", MANWIDTH="80"))
         if text.returncode == 0:
             ctx.out.write(text.stdout.decode())
             return 0
-    ctx.parser.parse_args([args.topic, "--help"])
+    if page:  # no man(1) here: the page's source is still readable
+        with open(page, encoding="utf-8") as f:
+            ctx.out.write(f.read())
+        return 0
+    if args.topic in TOPICS:
+        raise UsageError(f"the manual page {TOPICS[args.topic]} is not installed here")
+    build_parser().parse_args([args.topic, "--help"])
     return 0

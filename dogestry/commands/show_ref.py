@@ -1,18 +1,19 @@
 """show-ref: list refs as ref records `<image-id> <name>:<tag>`, sorted by name:tag."""
 
 from ..records import write_record
+from . import nul_option, remote_argument
 
 SUMMARY = "list the refs of a repository"
 
 
 def add_arguments(p):
-    p.add_argument("repo", metavar="REPO", help="repository: config alias, path or URL")
+    remote_argument(p)
     p.add_argument("pattern", metavar="PATTERN", nargs="?", help="glob on name:tag or name (e.g. 'app:*')")
-    p.add_argument("-z", dest="nul", action="store_true", help="terminate output records with NUL")
+    nul_option(p, "terminate output records with NUL")
 
 
 def run(ctx, args):
-    refs = ctx.repo(args.repo).list_refs(args.pattern)
+    refs = ctx.repo(args.remote).list_refs(args.pattern)
     for image_id, ref in refs:
         write_record(ctx.out, [image_id, ref], args.nul)
     # Like git show-ref: a pattern that matches nothing is a failure scripts can test.

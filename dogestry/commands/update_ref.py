@@ -1,43 +1,38 @@
 """update-ref: point name:tag at an image the repository holds whole.
 
-Input with --stdin: ref records `<image-id> <name>:<tag>` (as save-to-repo prints).
+Input with --stdin: ref records `<image-id> <name>:<tag>` (as save-to-repo prints); a
+record without a ref (an image saved by id) is passed over.
 """
 
 from ..errors import UsageError
 from ..records import read_records
 from ..refs import parse_ref
+from ..transfer import set_refs
+from . import nul_option, remote_argument, stdin_option
 
 SUMMARY = "write a ref, refusing an image the repository lacks"
 
 
 def add_arguments(p):
-    p.add_argument("repo", metavar="REPO", help="repository: config alias, path or URL")
+    remote_argument(p)
     p.add_argument("ref", metavar="NAME:TAG", nargs="?", help="the ref to write")
     p.add_argument("image_id", metavar="IMAGE-ID", nargs="?", help="the image it points at")
-    p.add_argument("--stdin", action="store_true", help="read ref records `<image-id> <name>:<tag>` from stdin")
-    p.add_argument("-z", dest="nul", action="store_true", help="NUL-terminated input records")
-
-
-def update(repo, ref, image_id):
-    repo.set_ref(ref, image_id)
+    stdin_option(p, "read ref records `<image-id> <name>:<tag>` from stdin")
+    nul_option(p, "NUL-terminated input records")
 
 
 def run(ctx, args):
-    repo = ctx.repo(args.repo)
+    repo = ctx.repo(args.remote)
     pairs = []
     if args.ref or args.image_id:
         if not (args.ref and args.image_id):
             raise UsageError("give both NAME:TAG and IMAGE-ID")
         pairs.append((parse_ref(args.ref), args.image_id))
+    elif not args.stdin:
+        raise UsageError("give NAME:TAG IMAGE-ID, or --stdin")
     if args.stdin:
         for fields in read_records(ctx.inp, args.nul):
-            if len(fields) < 2:
-                continue  # an image saved by id carries no ref
-            pairs.append((parse_ref(fields[1]), fields[0]))
-    elif not pairs:
-        raise UsageError("give NAME:TAG IMAGE-ID, or --stdin")
-    resolved = [(ref, repo.resolve(image_id)[0]) for ref, image_id in pairs]
-    for ref, image_id in resolved:
-        update(repo, ref, image_id)
-        ctx.detail(f"{ref} -> {image_id}")
+            if len(fields) >= 2:
+                pairs.append((parse_ref(fields[1]), fields[0]))
+    set_refs(ctx, repo, [(repo.resolve(image_id)[0], ref) for ref, image_id in pairs])
     return 0

@@ -8,17 +8,18 @@ output (mask_url).
 
 import json
 import re
-import time
 import urllib.error
 import urllib.request
 from datetime import datetime, timezone
 
 from ..errors import NotFound, StorageError
-from . import Backend, check_key, mask_url
+from . import Backend, check_key, mask_url, too_large
+from .retry import TransientError, retrying
 
-SHARE_FORMAT = "dogestry-share"
+SHARE_FORMAT = "dogestry-share"   # sharing.py writes what this reads
 SHARE_VERSION = 1
 TIMEOUT = 60
+MAX_INDEX = 64 << 20
 
 
 def _refusal(err, what):
@@ -44,25 +45,38 @@ def _refusal(err, what):
 
 
 def _get(url, what, headers=None):
+    """An open HTTP response; 5xx and connection failures are retried (retry.retrying)."""
     request = urllib.request.Request(url, headers=headers or {})
-    for attempt in range(4):
+
+    def attempt():
         try:
             return urllib.request.urlopen(request, timeout=TIMEOUT)
         except urllib.error.HTTPError as err:
-            if err.code >= 500 and attempt < 3:
-                time.sleep(0.5 * 2 ** attempt)
-                continue
+            if err.code >= 500 or err.code == 429:
+                raise TransientError(f"{what}: HTTP {err.code} from {mask_url(url)}") from None
             raise _refusal(err, what) from None
         except (urllib.error.URLError, OSError) as err:
-            if attempt < 3:
-                time.sleep(0.5 * 2 ** attempt)
-                continue
             reason = getattr(err, "reason", err)
-            raise StorageError(f"{what}: cannot reach {mask_url(url)} ({reason})") from None
+            raise TransientError(f"{what}: cannot reach {mask_url(url)} ({reason})") from None
+
+    return retrying(attempt)
 
 
-class SharedBackend(Backend):
+def _read(response, key, where, limit):
+    """The body, refusing more than limit bytes (a hostile server cannot grow our memory)."""
+    if limit is None:
+        return response.read()
+    data = response.read(limit + 1)
+    if len(data) > limit:
+        raise too_large(key, where, limit)
+    return data
+
+
+class PresignedIndexBackend(Backend):
+    """Reads a repository through the pre-signed URLs of a share index; never writes."""
+
     kind = "shared-url"
+    capabilities = frozenset()
 
     def __init__(self, url, temp_dir=None):
         super().__init__(url, temp_dir)
@@ -75,18 +89,23 @@ class SharedBackend(Backend):
     def index(self):
         if self._index is None:
             with _get(self.url, "cannot read the share index") as response:
-                data = response.read()
+                data = _read(response, "the share index", self.location(), MAX_INDEX)
             try:
                 index = json.loads(data)
-                if index.get("format") != SHARE_FORMAT:
+                if not isinstance(index, dict) or index.get("format") != SHARE_FORMAT \
+                        or not isinstance(index.get("objects", {}), dict) or not isinstance(index.get("refs", {}), dict):
                     raise ValueError
-            except ValueError:
+            except (ValueError, RecursionError):
                 raise StorageError(f"{self.location()} is not a dogestry share index") from None
             if index.get("version") != SHARE_VERSION:
                 raise StorageError(f"{self.location()} is a share index of version {index.get('version')}; "
                                    f"this dogestry reads version {SHARE_VERSION}: upgrade dogestry")
             expires = index.get("expires")
-            if expires and datetime.fromisoformat(expires.replace("Z", "+00:00")) < datetime.now(timezone.utc):
+            try:
+                until = datetime.fromisoformat(expires.replace("Z", "+00:00")) if expires else None
+            except (AttributeError, TypeError, ValueError):
+                raise StorageError(f"{self.location()} is a damaged share index (expires {expires!r})") from None
+            if until is not None and until < datetime.now(timezone.utc):
                 raise StorageError(f"the shared URL expired at {expires}; ask for a new one (dogestry share)")
             self._index = index
         return self._index
@@ -98,15 +117,29 @@ class SharedBackend(Backend):
             raise NotFound(f"{key} is not part of the share {self.location()}")
         return url
 
-    def get(self, key):
+    def get(self, key, limit=None):
         refs = self.index.get("refs", {})
         if key in refs:
             return f"{refs[key]}\n".encode()
         with _get(self._url(key), f"cannot read {key}") as response:
-            return response.read()
+            return _read(response, key, self.location(), limit)
 
     def open(self, key):
         return _get(self._url(key), f"cannot read {key}")
+
+    def size(self, key):
+        refs = self.index.get("refs", {})
+        if key in refs:
+            return len(f"{refs[key]}\n")
+        # A pre-signed GET cannot be turned into a HEAD: ask for one byte and read the total.
+        with _get(self._url(key), f"cannot read {key}", headers={"Range": "bytes=0-0"}) as response:
+            total = (response.headers.get("Content-Range") or "").rpartition("/")[2]
+            if total.isdigit():
+                return int(total)
+            length = response.headers.get("Content-Length")
+            if length and length.isdigit() and response.status == 200:
+                return int(length)
+        raise StorageError(f"cannot tell the size of {key} from the shared URL")
 
     def exists(self, key):
         return key in self.index.get("objects", {}) or key in self.index.get("refs", {})

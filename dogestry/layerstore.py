@@ -1,0 +1,171 @@
+"""Moving one layer's bytes in and out of a backend key, hashed and verified on the way.
+
+Writing: the uncompressed tar is hashed (its diffID) and encoded with a codec while it is
+read, each in its own thread. Reading: the stored bytes are checked against the descriptor's
+digest and size, decoded in a thread ahead of the consumer, and the result checked against
+the diffID, before the last chunk is handed on, so a `docker load` or an HTTP client fed
+from here never completes with damaged content. repo.py decides the keys; this module
+never does.
+"""
+
+import hashlib
+
+from . import compress
+from .errors import CorruptObject
+from .image import LayerDescriptor
+from .pipeline import Stage, produce
+
+CHUNK = 1 << 20
+
+
+def hold_last(chunks, verify):
+    """Yield chunks one behind and run verify() before the last goes out."""
+    pending = None
+    for chunk in chunks:
+        if pending is not None:
+            yield pending
+        pending = chunk
+    verify()
+    if pending is not None:
+        yield pending
+
+
+def encode(chunks, codec, write):
+    """Encode an uncompressed layer, passing stored bytes to write(); return its descriptor.
+
+    Reading (this thread), hashing and compressing+writing overlap.
+    """
+    comp = compress.compressor(codec)
+    diff_hash, stored_hash = hashlib.sha256(), hashlib.sha256()
+    sizes = {"stored": 0, "uncompressed": 0}
+
+    def encode_chunk(chunk):
+        out = comp.compress(chunk) if chunk is not None else comp.flush()
+        if out:
+            stored_hash.update(out)
+            sizes["stored"] += len(out)
+            write(out)
+
+    hasher, encoder = Stage(diff_hash.update, name="dogestry-hash"), Stage(encode_chunk, name="dogestry-encode")
+    try:
+        for chunk in chunks:
+            sizes["uncompressed"] += len(chunk)
+            hasher.put(chunk)
+            encoder.put(chunk)
+        encoder.put(None)  # flush the codec
+    except BaseException:
+        hasher.abandon()
+        encoder.abandon()
+        raise
+    try:
+        hasher.close()
+    finally:
+        encoder.close()
+    return LayerDescriptor("sha256:" + diff_hash.hexdigest(), codec, "sha256:" + stored_hash.hexdigest(),
+                           sizes["stored"], sizes["uncompressed"])
+
+
+def _stored_bytes(backend, key):
+    reader = backend.open(key)
+    try:
+        while data := reader.read(CHUNK):
+            yield data
+    finally:
+        reader.close()
+
+
+def read_uncompressed(backend, key, desc, where):
+    """Yield the layer's uncompressed bytes, verifying digests and sizes as they stream.
+
+    CorruptObject is raised as soon as the bytes exceed their recorded sizes, and at the
+    end when a digest differs, before the last chunk is handed on.
+    """
+    def decode():
+        decomp = compress.decompressor(desc.codec)
+        stored_hash = hashlib.sha256()
+        size = 0
+        for data in _stored_bytes(backend, key):
+            size += len(data)
+            if size > desc.size:
+                raise CorruptObject(f"{where} is corrupt: larger than its recorded {desc.size} bytes")
+            stored_hash.update(data)
+            try:
+                yield from decomp.decompress(data)
+            except ValueError as err:
+                raise CorruptObject(f"{where} is corrupt: {err}") from None
+        try:
+            decomp.end()
+        except ValueError as err:
+            raise CorruptObject(f"{where} is corrupt: {err}") from None
+        if "sha256:" + stored_hash.hexdigest() != desc.digest or size != desc.size:
+            raise CorruptObject(f"{where} is corrupt: stored bytes do not match digest {desc.digest}")
+
+    diff_hash = hashlib.sha256()
+    counted = {"uncompressed": 0}
+
+    def hashed():
+        for out in produce(decode, depth=4, name="dogestry-decode"):
+            counted["uncompressed"] += len(out)
+            if counted["uncompressed"] > desc.uncompressed_size:
+                raise CorruptObject(f"{where} is corrupt: expands beyond its recorded size")
+            diff_hash.update(out)
+            yield out
+
+    def verify():
+        if "sha256:" + diff_hash.hexdigest() != desc.diff_id or counted["uncompressed"] != desc.uncompressed_size:
+            raise CorruptObject(f"{where} is corrupt: its content does not match its diffID")
+
+    return hold_last(hashed(), verify)
+
+
+def read_stored(backend, key, desc, where):
+    """Yield the layer's stored bytes as they are, verified against the descriptor."""
+    stored_hash = hashlib.sha256()
+    counted = {"size": 0}
+
+    def read():
+        for data in _stored_bytes(backend, key):
+            counted["size"] += len(data)
+            if counted["size"] > desc.size:
+                raise CorruptObject(f"{where} is corrupt: larger than its recorded {desc.size} bytes")
+            stored_hash.update(data)
+            yield data
+
+    def verify():
+        if "sha256:" + stored_hash.hexdigest() != desc.digest or counted["size"] != desc.size:
+            raise CorruptObject(f"{where} is corrupt: stored bytes do not match digest {desc.digest}")
+
+    return hold_last(read(), verify)
+
+
+def describe_stored(backend, key, diff_id, where):
+    """The descriptor of the bytes already stored at key, worked out by reading them back.
+
+    Used when another writer published the data first (write-once), or a crash left data
+    without its descriptor: the descriptor must describe what is stored, whichever codec
+    that writer used, never the bytes we would have written.
+    """
+    head = b""
+    reader = backend.open(key)
+    try:
+        head = reader.read(4)
+    finally:
+        reader.close()
+    codec = compress.sniff_codec(head)
+    decomp = compress.decompressor(codec)
+    diff_hash, stored_hash = hashlib.sha256(), hashlib.sha256()
+    size = uncompressed = 0
+    try:
+        for data in _stored_bytes(backend, key):
+            size += len(data)
+            stored_hash.update(data)
+            for out in decomp.decompress(data):
+                uncompressed += len(out)
+                diff_hash.update(out)
+        decomp.end()
+    except ValueError as err:
+        raise CorruptObject(f"{where} is corrupt: {err}") from None
+    found = "sha256:" + diff_hash.hexdigest()
+    if found != diff_id:
+        raise CorruptObject(f"{where} is corrupt: its content has diffID {found}; delete it and push again")
+    return LayerDescriptor(diff_id, codec, "sha256:" + stored_hash.hexdigest(), size, uncompressed)
