@@ -9,7 +9,7 @@ import os
 import shutil
 import sys
 
-from .commands import BY_NAME, COMMANDS, GLOBAL_WITH_VALUE, PLUMBING, PORCELAIN, build_parser  # noqa: F401
+from .commands import BY_NAME, GLOBAL_WITH_VALUE, build_parser
 from .errors import DogestryError, UsageError
 
 

@@ -1,4 +1,4 @@
-"""Digests, chain ids and a hashing reader.
+"""Digests and chain ids: the one place that spells `sha256:<hex>`.
 
 A diffID is the sha256 of an uncompressed layer tar; a chain id names a layer together
 with everything below it (the OCI image spec's ChainID), which is what an engine's layer
@@ -16,7 +16,18 @@ def is_digest(text):
 
 
 def sha256_digest(data):
-    return "sha256:" + hashlib.sha256(data).hexdigest()
+    return of_hash(hashlib.sha256(data))
+
+
+def of_hash(hasher):
+    """`sha256:<hex>` of a finished hashlib.sha256 object."""
+    return "sha256:" + hasher.hexdigest()
+
+
+def from_hex(hex_part):
+    """`abc...` (a file or key name) -> `sha256:abc...`, or None when it is not a digest."""
+    digest = "sha256:" + hex_part
+    return digest if is_digest(digest) else None
 
 
 def hex_of(digest):

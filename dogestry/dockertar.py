@@ -20,7 +20,7 @@ import json
 import tarfile
 import zlib
 
-from .digests import is_digest, sha256_digest
+from .digests import from_hex, is_digest, sha256_digest
 from .errors import DogestryError
 
 BLOCK = 512
@@ -307,8 +307,8 @@ def _scan(fileobj, sink, progress):
         if name.endswith("/layer.tar") and name.count("/") == 1:
             first = entry.read(CHUNK)
             found.layers[name] = sink.store(uncompressed_chunks(first, tracked(entry, first)), None, name, entry.size)
-        elif name.startswith("blobs/sha256/") and name.count("/") == 2 and is_digest("sha256:" + name[13:]):
-            _scan_blob(entry, "sha256:" + name[13:], found, sink, progress, tracked)
+        elif name.startswith("blobs/sha256/") and name.count("/") == 2 and from_hex(name[13:]):
+            _scan_blob(entry, from_hex(name[13:]), found, sink, progress, tracked)
         elif "/" not in name and (name.endswith(".json") or name in ("repositories", "oci-layout")):
             _hold(found, name, entry)
         else:

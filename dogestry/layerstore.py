@@ -11,6 +11,7 @@ never does.
 import hashlib
 
 from . import compress
+from .digests import of_hash
 from .errors import CorruptObject
 from .image import LayerDescriptor
 from .pipeline import Stage, produce
@@ -61,7 +62,7 @@ def encode(chunks, codec, write):
         hasher.close()
     finally:
         encoder.close()
-    return LayerDescriptor("sha256:" + diff_hash.hexdigest(), codec, "sha256:" + stored_hash.hexdigest(),
+    return LayerDescriptor(of_hash(diff_hash), codec, of_hash(stored_hash),
                            sizes["stored"], sizes["uncompressed"])
 
 
@@ -97,7 +98,7 @@ def read_uncompressed(backend, key, desc, where):
             decomp.end()
         except ValueError as err:
             raise CorruptObject(f"{where} is corrupt: {err}") from None
-        if "sha256:" + stored_hash.hexdigest() != desc.digest or size != desc.size:
+        if of_hash(stored_hash) != desc.digest or size != desc.size:
             raise CorruptObject(f"{where} is corrupt: stored bytes do not match digest {desc.digest}")
 
     diff_hash = hashlib.sha256()
@@ -112,7 +113,7 @@ def read_uncompressed(backend, key, desc, where):
             yield out
 
     def verify():
-        if "sha256:" + diff_hash.hexdigest() != desc.diff_id or counted["uncompressed"] != desc.uncompressed_size:
+        if of_hash(diff_hash) != desc.diff_id or counted["uncompressed"] != desc.uncompressed_size:
             raise CorruptObject(f"{where} is corrupt: its content does not match its diffID")
 
     return hold_last(hashed(), verify)
@@ -132,7 +133,7 @@ def read_stored(backend, key, desc, where):
             yield data
 
     def verify():
-        if "sha256:" + stored_hash.hexdigest() != desc.digest or counted["size"] != desc.size:
+        if of_hash(stored_hash) != desc.digest or counted["size"] != desc.size:
             raise CorruptObject(f"{where} is corrupt: stored bytes do not match digest {desc.digest}")
 
     return hold_last(read(), verify)
@@ -165,7 +166,7 @@ def describe_stored(backend, key, diff_id, where):
         decomp.end()
     except ValueError as err:
         raise CorruptObject(f"{where} is corrupt: {err}") from None
-    found = "sha256:" + diff_hash.hexdigest()
+    found = of_hash(diff_hash)
     if found != diff_id:
         raise CorruptObject(f"{where} is corrupt: its content has diffID {found}; delete it and push again")
-    return LayerDescriptor(diff_id, codec, "sha256:" + stored_hash.hexdigest(), size, uncompressed)
+    return LayerDescriptor(diff_id, codec, of_hash(stored_hash), size, uncompressed)

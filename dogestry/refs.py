@@ -1,7 +1,7 @@
-"""Docker image references: parse, validate, and turn into repository paths.
+"""Docker image references: parse and validate.
 
 Every name and tag is checked against Docker's reference grammar (distribution/reference)
-before it becomes a file path or an object key, so a ref can never escape the
+before repo.ref_key turns it into an object key, so a ref can never escape the
 `repositories/` tree (no `..`, no absolute path, no empty component).
 """
 

@@ -19,7 +19,7 @@ import fnmatch
 import os
 
 from . import layerstore
-from .digests import hex_of, is_digest, sha256_digest
+from .digests import from_hex, hex_of, is_digest, sha256_digest
 from .errors import CorruptObject, DogestryError, NotFound, UsageError
 from .image import Image, LayerDescriptor, parse_json
 from .refs import looks_like_id, normalize_id, parse_ref
@@ -301,8 +301,9 @@ class Repository:
         self.check_format()
         for key in self.backend.list("images/sha256/"):
             name = key.rsplit("/", 1)[-1]
-            if name.endswith(".json") and is_digest("sha256:" + name[:-5]):
-                yield "sha256:" + name[:-5]
+            image_id = from_hex(name[:-5]) if name.endswith(".json") else None
+            if image_id:
+                yield image_id
 
     def missing_objects(self, image):
         """Keys an image needs that this repository lacks (a complete image has none)."""

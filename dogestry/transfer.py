@@ -18,7 +18,7 @@ Pull (plan_load, then load):
 
 import hashlib
 
-from .digests import chain_ids
+from .digests import chain_ids, of_hash
 from .dockertar import NotATar, load_tar_chunks, read_save_stream
 from .errors import DogestryError, NotFound, UsageError
 from .image import Image
@@ -118,7 +118,7 @@ def _hash_only(chunks):
         hasher.abandon()
         raise
     hasher.close()
-    return "sha256:" + digest.hexdigest()
+    return of_hash(digest)
 
 
 class _RepoSink:

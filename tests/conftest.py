@@ -142,7 +142,9 @@ class TestEngine:
 
     def save_events(self, since):
         time.sleep(0.3)  # events are published asynchronously
-        events = self.api.events(since=since, until=time.time() + 0.1, decode=True, filters={"type": "image"})
+        # The API reads "<seconds>.<nanoseconds>": nine digits, or ".5" would mean 5 ns.
+        events = self.api.events(since=f"{since:.9f}", until=f"{time.time() + 0.1:.9f}", decode=True,
+                                 filters={"type": "image"})
         return [e for e in events if e.get("Action") == "save"]
 
     def cleanup(self):

@@ -5,7 +5,7 @@ import stat
 
 from conftest import dogestry
 
-from dogestry.cli import COMMANDS
+from dogestry.commands import COMMANDS
 
 
 def test_help_lists_every_command_by_category():

@@ -3,7 +3,7 @@
 import os
 import re
 
-from dogestry.cli import COMMANDS, build_parser
+from dogestry.commands import COMMANDS, build_parser
 from dogestry.commands import is_global_option
 
 MAN = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "man")
@@ -42,7 +42,7 @@ def test_every_page_has_the_standard_sections():
 
 
 def test_plumbing_pages_give_their_record_format_and_porcelain_pages_their_pipeline():
-    from dogestry.cli import PLUMBING
+    from dogestry.commands import PLUMBING
 
     for command in COMMANDS:
         text = _text(f"dogestry-{command.name}.1")
