@@ -72,9 +72,11 @@ def _main(argv):
         import argcomplete
 
         argcomplete.autocomplete(parser)
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
     if not args.command:
         raise UsageError("no command given; see 'dogestry help'")
+    if extra:
+        raise UsageError(f"{args.command}: unrecognized arguments: {' '.join(extra)}")
     if args.quiet and args.verbose:
         raise UsageError("-q and -v contradict each other")
     from .config import Config

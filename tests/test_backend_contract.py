@@ -6,8 +6,8 @@ import uuid
 
 import pytest
 
-from dogestry.backends import open_backend
-from dogestry.errors import NotFound, UsageError
+from dogestry.backends import PRESIGN, WRITE, open_backend
+from dogestry.errors import CorruptObject, NotFound, StorageError, UsageError
 
 from conftest import S3Server
 
@@ -96,11 +96,13 @@ def test_list_yields_complete_keys_only(backend):
     backend.put("repositories/host:5000/team/app/1.0", b"a", overwrite=True)
     backend.put("repositories/app/latest", b"b", overwrite=True)
     backend.put("layers/sha256/x", b"c")
-    backend.spool().close()  # a spool in progress is never listed
+    spool = backend.spool()  # a spool in progress is never listed
+    spool.close()
     assert sorted(backend.list("repositories/")) == ["repositories/app/latest", "repositories/host:5000/team/app/1.0"]
     assert sorted(backend.list()) == ["layers/sha256/x", "repositories/app/latest",
                                       "repositories/host:5000/team/app/1.0"]
     assert list(backend.list("nothing/")) == []
+    os.unlink(spool.name)
 
 
 def test_delete(backend):
@@ -134,3 +136,70 @@ def test_concurrent_write_once_has_one_winner(backend):
 def test_unknown_scheme_is_a_usage_error():
     with pytest.raises(UsageError, match="supported"):
         open_backend("gopher://host/repo")
+
+
+# -- the read half, which every backend runs, the read-only pre-signed one included --------
+
+OBJECTS = {
+    "dogestry.json": b'{"format": "dogestry-repository", "version": 1}\n',
+    "configs/sha256/c1": b"config bytes",
+    "layers/sha256/l1": os.urandom((4 << 20) + 77),
+    "layers/sha256/empty": b"",
+}
+
+
+@pytest.fixture(params=["local-path", "s3-seaweed", "presigned-seaweed"])
+def readable(request, tmp_path, monkeypatch):
+    """A backend that holds OBJECTS, written through a writable backend of its kind."""
+    if request.param == "local-path":
+        writer = reader = open_backend(str(tmp_path / "repo"))
+    else:
+        server = S3Server("seaweed")
+        for var, value in server.env().items():
+            if var.startswith("AWS_"):
+                monkeypatch.setenv(var, value)
+        writer = reader = open_backend(server.url(f"contract-{uuid.uuid4().hex[:12]}"))
+    for key, data in OBJECTS.items():
+        writer.put(key, data)
+    if request.param.startswith("presigned-"):
+        import json
+
+        index = {"format": "dogestry-share", "version": 1, "expires": "2999-01-01T00:00:00Z",
+                 "refs": {"repositories/app/1": "sha256:" + "a" * 64},
+                 "objects": {key: writer.presign(key, 3600) for key in OBJECTS}}
+        writer.put("shares/contract.json", json.dumps(index).encode())
+        reader = open_backend(writer.presign("shares/contract.json", 3600))
+        assert WRITE not in reader.capabilities
+    return reader
+
+
+def test_read_half_get_size_exists_and_missing(readable):
+    for key, data in OBJECTS.items():
+        assert readable.get(key) == data and readable.size(key) == len(data) and readable.exists(key)
+    assert not readable.exists("configs/sha256/nope")
+    for call in (readable.get, readable.open, readable.size):
+        with pytest.raises(NotFound):
+            call("configs/sha256/nope")
+
+
+def test_read_half_open_streams_and_limit_bounds_get(readable):
+    reader = readable.open("layers/sha256/l1")
+    got = b"".join(iter(lambda: reader.read(65536), b""))
+    reader.close()
+    assert got == OBJECTS["layers/sha256/l1"]
+    assert readable.get("configs/sha256/c1", limit=len(b"config bytes")) == b"config bytes"
+    with pytest.raises(CorruptObject, match="configs/sha256/c1"):
+        readable.get("configs/sha256/c1", limit=5)
+
+
+def test_read_half_list(readable):
+    assert sorted(readable.list("configs/")) == ["configs/sha256/c1"]
+    assert sorted(readable.list("layers/")) == ["layers/sha256/empty", "layers/sha256/l1"]
+
+
+def test_capabilities_are_declared_not_probed(readable):
+    kind = readable.kind
+    assert (PRESIGN in readable.capabilities) == (kind == "s3")
+    if WRITE not in readable.capabilities:
+        with pytest.raises(StorageError, match="read-only"):
+            readable.put("configs/sha256/x", b"x")

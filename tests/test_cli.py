@@ -81,3 +81,48 @@ def test_repository_of_an_unknown_format_version_is_refused(tmp_path):
         assert out.stderr.decode().strip().splitlines() == [
             f"dogestry: {repo} uses repository format version 9; this dogestry reads version 1: upgrade dogestry"]
     assert sorted(p.name for p in repo.rglob("*")) == before
+
+
+def test_global_options_work_after_the_command_and_errors_have_one_prefix(tmp_path):
+    repo = str(tmp_path / "empty")
+    out = dogestry("resolve-ref", repo, "app:1", "-v", "--config", "/dev/null", check=False)
+    assert out.returncode == 1 and out.stderr.decode().strip() == f"dogestry: app:1 not found in {repo}"
+    out = dogestry("pull", repo, "app:1", "--bogus", check=False)
+    assert out.returncode == 2 and out.stderr.decode().strip() == "dogestry: pull: unrecognized arguments: --bogus"
+    out = dogestry("-q", "pull", repo, "app:1", "-v", check=False)
+    assert out.returncode == 2 and "contradict" in out.stderr.decode()
+
+
+def test_records_stream_through_a_plumbing_command(tmp_path):
+    """resolve-ref --stdin answers each record as it arrives, before its input ends."""
+    import json
+    import subprocess
+    import sys
+
+    from conftest import BIN
+
+    from dogestry.backends import open_backend
+    from dogestry.image import Image
+    from dogestry.refs import parse_ref
+    from dogestry.repo import Repository
+
+    repo = Repository(open_backend(str(tmp_path / "repo")))
+    config = json.dumps({"rootfs": {"type": "layers", "diff_ids": []}}).encode()
+    image_id = repo.put_config(config)
+    repo.put_image(Image.from_config(config, []))
+    repo.set_ref(parse_ref("app:1"), image_id)
+    for nul in (False, True):
+        end = "\0" if nul else "\n"
+        proc = subprocess.Popen([sys.executable, BIN, "resolve-ref", "--stdin", str(tmp_path / "repo")]
+                                + (["-z"] if nul else []), stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        try:
+            proc.stdin.write(f"app:1{end}".encode())
+            proc.stdin.flush()
+            first = proc.stdout.read(len(f"{image_id} app:1{end}"))  # blocks unless it streams
+            assert first == f"{image_id} app:1{end}".encode()
+            proc.stdin.write(f"{image_id[:12]}{end}".encode())
+            proc.stdin.close()
+            assert proc.stdout.read() == f"{image_id}{end}".encode()
+            assert proc.wait(timeout=30) == 0
+        finally:
+            proc.kill()

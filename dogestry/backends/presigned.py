@@ -22,8 +22,14 @@ TIMEOUT = 60
 MAX_INDEX = 64 << 20
 
 
+class _RangeNotSatisfiable(StorageError):
+    """416: a range starting at 0 of an empty object."""
+
+
 def _refusal(err, what):
     """One line for an HTTP refusal from S3, naming expiry and tampering plainly."""
+    if err.code == 416:
+        return _RangeNotSatisfiable(f"{what}: HTTP 416 from the shared URL")
     body = b""
     try:
         body = err.read(4096)
@@ -132,7 +138,11 @@ class PresignedIndexBackend(Backend):
         if key in refs:
             return len(f"{refs[key]}\n")
         # A pre-signed GET cannot be turned into a HEAD: ask for one byte and read the total.
-        with _get(self._url(key), f"cannot read {key}", headers={"Range": "bytes=0-0"}) as response:
+        try:
+            response = _get(self._url(key), f"cannot read {key}", headers={"Range": "bytes=0-0"})
+        except _RangeNotSatisfiable:
+            return 0  # not even one byte: the object is empty
+        with response:
             total = (response.headers.get("Content-Range") or "").rpartition("/")[2]
             if total.isdigit():
                 return int(total)
