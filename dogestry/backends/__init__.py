@@ -158,14 +158,21 @@ def open_backend(url, temp_dir=None, config=None):
     if "://" not in url:
         if not url:
             raise UsageError("empty repository location")
-        return _local(url, temp_dir, config)
-    scheme = urlsplit(url).scheme.lower()
-    factory = SCHEMES.get(scheme)
-    if factory is None:
-        supported = ", ".join(f"{s}://" for s in SCHEMES)
-        raise UsageError(f"unsupported repository URL scheme {scheme!r} in {mask_url(url)!r}; "
-                         f"supported: a path, {supported}")
-    return factory(url, temp_dir, config)
+        factory = _local
+    else:
+        scheme = urlsplit(url).scheme.lower()
+        factory = SCHEMES.get(scheme)
+        if factory is None:
+            supported = ", ".join(f"{s}://" for s in SCHEMES)
+            raise UsageError(f"unsupported repository URL scheme {scheme!r} in {mask_url(url)!r}; "
+                             f"supported: a path, {supported}")
+    backend = factory(url, temp_dir, config)
+    if os.environ.get("DOGESTRY_TEST_CRASH"):
+        # The crash-safety tests kill a real push at chosen points (tests/test_reliability.py).
+        from .crashpoint import crashing
+
+        backend = crashing(backend, os.environ["DOGESTRY_TEST_CRASH"])
+    return backend
 
 
 def mask_url(url):
