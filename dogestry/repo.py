@@ -1,18 +1,20 @@
-"""The portable repository format, version 1, over any backend.
+"""The portable repository format, versions 1 and 2, over any backend.
 
 Layout (dogestry-repository(5) is the normative description; this module is the only
 place that knows it):
 
-    dogestry.json                      format marker {"format": "dogestry-repository", "version": 1}
+    dogestry.json                      format marker {"format": "dogestry-repository", "version": 2}
     layers/sha256/<diffid-hex>         a layer tar as stored (lz4 frame or raw)
     layers/sha256/<diffid-hex>.json    its descriptor; published after the data
     configs/sha256/<image-id-hex>      the image config, byte for byte (its sha256 is the image id)
     images/sha256/<image-id-hex>.json  the image record: config and layer descriptors, base first
-    repositories/<name>/<tag>          a ref: the image id and a newline
+    repositories/<name>/_tags/<tag>    a ref: the image id and a newline (version 2)
+    repositories/<name>/<tag>          the same in version 1, where app:sub and app/sub:1 collide
 
 Everything but refs is written once and named by content. Writers publish in the order
 layers, configs, image records, refs, so whatever a reader finds through a ref is complete.
 Every object read from a backend is size-capped and verified: a repository is input.
+Version 1 is read as it is and upgraded to version 2 by the first write (upgrade_refs).
 """
 
 import fnmatch
@@ -26,7 +28,9 @@ from .refs import looks_like_id, normalize_id, parse_ref
 
 FORMAT_KEY = "dogestry.json"
 FORMAT_NAME = "dogestry-repository"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+TAGS_DIR = "_tags"  # no name component can be this: components start with [a-z0-9]
 KINDS = ("layers", "configs", "images")
 
 # Caps on the objects read whole: a damaged or hostile repository must not make a reader
@@ -54,11 +58,28 @@ def image_key(image_id):
     return f"images/sha256/{hex_of(image_id)}.json"
 
 
-def ref_key(ref):
-    return f"repositories/{ref.name}/{ref.tag}"
+def ref_key(ref, version=FORMAT_VERSION):
+    if version == 1:
+        return f"repositories/{ref.name}/{ref.tag}"
+    return f"repositories/{ref.name}/{TAGS_DIR}/{ref.tag}"
 
 
 REFS_PREFIX = "repositories/"
+
+
+def ref_of_key(key, version=FORMAT_VERSION):
+    """The Ref a key under repositories/ names, or None for a key that is not a ref of this version."""
+    rest = key[len(REFS_PREFIX):]
+    if version == 1:
+        name, _, tag = rest.rpartition("/")
+    else:
+        name, sep, tag = rest.rpartition(f"/{TAGS_DIR}/")
+        if not sep:
+            return None
+    try:
+        return parse_ref(f"{name}:{tag}")
+    except UsageError:
+        return None  # never produced by a writer: not a ref this version can name
 
 
 def image_keys(image):
@@ -69,12 +90,17 @@ def image_keys(image):
     return keys + [config_key(image.id), image_key(image.id)]
 
 
+def _marker(version):
+    return f'{{"format": "{FORMAT_NAME}", "version": {version}}}\n'.encode()
+
+
 class Repository:
     def __init__(self, backend, codec="lz4"):
         self.backend = backend
         self.codec = codec
         self._format_checked = False
         self._writable = False
+        self.version = FORMAT_VERSION  # of the repository as read; check_format sets it
 
     @property
     def location(self):
@@ -110,18 +136,42 @@ class Repository:
         if self._format_checked:
             return
         version = self.format_version()
-        if version is not None and version != FORMAT_VERSION:
+        if version is not None and version not in READABLE_VERSIONS:
             raise DogestryError(f"{self.location} uses repository format version {version}; this dogestry reads "
-                                f"version {FORMAT_VERSION}: upgrade dogestry")
+                                f"versions {' and '.join(map(str, READABLE_VERSIONS))}: upgrade dogestry")
+        self.version = version or FORMAT_VERSION
         self._format_checked = True
 
     def _prepare_write(self):
         if self._writable:
             return
         self.check_format()
-        marker = f'{{"format": "{FORMAT_NAME}", "version": {FORMAT_VERSION}}}\n'
-        self.backend.put(FORMAT_KEY, marker.encode())
+        if self.version < FORMAT_VERSION:
+            self.upgrade_refs()
+        self.backend.put(FORMAT_KEY, _marker(FORMAT_VERSION))
         self._writable = True
+
+    def upgrade_refs(self):
+        """Upgrade a version 1 repository to version 2, crash-safe at every step.
+
+        1. copy every v1 ref to its v2 key (v1 readers still see the v1 refs; a v1 reader
+           lists no v2 key as a ref, its name has a `_tags` component);
+        2. flip the marker to 2 (one atomic overwrite: from here readers use the v2 keys);
+        3. delete the v1 refs (a crash leaves some behind: v2 readers ignore them).
+        Objects are the same in both versions. A writer that sees version 2 never runs this.
+        """
+        old = [(key, ref_of_key(key, 1)) for key in self.backend.list(REFS_PREFIX)]
+        old = [(key, ref) for key, ref in old if ref is not None and f"/{TAGS_DIR}/" not in key]
+        for key, ref in old:
+            self.backend.put(ref_key(ref, 2), self.backend.get(key, limit=MAX_REF), overwrite=True)
+        self.backend.put(FORMAT_KEY, _marker(2), overwrite=True)
+        self.version = 2
+        for key, _ in old:
+            self.backend.delete(key)
+
+    def ref_key(self, ref):
+        self.check_format()
+        return ref_key(ref, self.version)
 
     def _get(self, key, limit):
         self.check_format()
@@ -321,20 +371,22 @@ class Repository:
         for kind in KINDS:
             counts[kind] = sum(1 for key in self.backend.list(f"{kind}/")
                                if kind != "layers" or not key.endswith(".json"))
-        counts["refs"] = sum(1 for _ in self.backend.list(REFS_PREFIX))
+        self.check_format()
+        counts["refs"] = sum(1 for key in self.backend.list(REFS_PREFIX) if ref_of_key(key, self.version))
         return counts
 
     # -- refs ---------------------------------------------------------------------------
     def get_ref(self, ref):
+        key = self.ref_key(ref)
         try:
-            data = self._get(ref_key(ref), MAX_REF)
+            data = self._get(key, MAX_REF)
         except NotFound:
             raise NotFound(f"{ref} not found in {self.location}") from None
         except CorruptObject:
-            raise CorruptObject(f"ref {ref} in {self.location} is damaged ({ref_key(ref)})") from None
+            raise CorruptObject(f"ref {ref} in {self.location} is damaged ({key})") from None
         text = data.decode("ascii", "replace").strip()
         if not is_digest(text):
-            raise CorruptObject(f"ref {ref} in {self.location} is damaged ({ref_key(ref)})")
+            raise CorruptObject(f"ref {ref} in {self.location} is damaged ({key})")
         return text
 
     def find_ref(self, ref):
@@ -352,18 +404,16 @@ class Repository:
             raise DogestryError(f"refusing to point {ref} at {image_id}: {self.location} lacks {missing[0]}"
                                 f"{f' and {len(missing) - 1} more objects' if len(missing) > 1 else ''}")
         self._prepare_write()
-        self.backend.put(ref_key(ref), f"{image_id}\n".encode(), overwrite=True)
+        self.backend.put(self.ref_key(ref), f"{image_id}\n".encode(), overwrite=True)
 
     def list_refs(self, pattern=None):
         """(image_id, Ref) for every ref, sorted by name:tag; pattern is a glob on name:tag."""
         self.check_format()
         out = []
         for key in self.backend.list(REFS_PREFIX):
-            name, _, tag = key[len(REFS_PREFIX):].rpartition("/")
-            try:
-                ref = parse_ref(f"{name}:{tag}")
-            except UsageError:
-                continue  # not a ref this version can name; never produced by a writer
+            ref = ref_of_key(key, self.version)
+            if ref is None:
+                continue
             if pattern and not (fnmatch.fnmatchcase(str(ref), pattern) or fnmatch.fnmatchcase(ref.name, pattern)):
                 continue
             out.append((self.get_ref(ref), ref))

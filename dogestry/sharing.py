@@ -10,7 +10,7 @@ from datetime import datetime, timedelta, timezone
 
 from .backends import PRESIGN
 from .errors import UsageError
-from .repo import FORMAT_KEY, image_keys, ref_key
+from .repo import FORMAT_KEY, image_keys
 
 MAX_EXPIRES = 7 * 24 * 3600  # SigV4 pre-signed URLs live at most 7 days
 
@@ -27,7 +27,7 @@ def share(ctx, repo, names, expires):
     for name in names:
         image_id, ref = repo.resolve(name)
         if ref is not None:
-            refs[ref_key(ref)] = image_id
+            refs[repo.ref_key(ref)] = image_id
         keys += image_keys(repo.get_image(image_id))
     keys = list(dict.fromkeys(keys))
     until = datetime.now(timezone.utc) + timedelta(seconds=expires)

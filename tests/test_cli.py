@@ -79,7 +79,7 @@ def test_repository_of_an_unknown_format_version_is_refused(tmp_path):
         out = dogestry(*args, check=False)
         assert out.returncode == 1, args
         assert out.stderr.decode().strip().splitlines() == [
-            f"dogestry: {repo} uses repository format version 9; this dogestry reads version 1: upgrade dogestry"]
+            f"dogestry: {repo} uses repository format version 9; this dogestry reads versions 1 and 2: upgrade dogestry"]
     assert sorted(p.name for p in repo.rglob("*")) == before
 
 

@@ -155,10 +155,12 @@ def test_corrupt_layer_is_detected_before_its_last_chunk(repo, tmp_path):
 
 def test_unknown_format_version_is_refused(repo, tmp_path):
     repo.put_config(b"{}")
-    (tmp_path / "repo" / "dogestry.json").write_text('{"format": "dogestry-repository", "version": 2}')
-    fresh = Repository(open_backend(str(tmp_path / "repo")))
-    with pytest.raises(DogestryError, match="version 2"):
-        fresh.list_refs()
+    for version, message in (("3", "version 3"), ('"1"', "damaged"), ("true", "damaged"), ("2.5", "damaged"),
+                             ("null", "damaged"), ("[]", "damaged")):
+        (tmp_path / "repo" / "dogestry.json").write_text(f'{{"format": "dogestry-repository", "version": {version}}}')
+        fresh = Repository(open_backend(str(tmp_path / "repo")))
+        with pytest.raises(DogestryError, match=message):
+            fresh.list_refs()
 
 
 def test_ref_to_an_incomplete_image_is_refused(repo):
@@ -234,3 +236,85 @@ def test_decompression_is_bounded_whatever_the_ratio(repo):
     gz = gzip.compress(zeros[:50 << 20]) + gzip.compress(b"tail")
     pieces = list(uncompressed_chunks(gz[:2], iter([gz[i:i + 65536] for i in range(0, len(gz), 65536)])))
     assert b"".join(pieces) == zeros[:50 << 20] + b"tail" and max(map(len, pieces)) <= 1 << 20
+
+
+def _image(repo, layer):
+    desc, _ = repo.store_layer(iter([layer]))
+    config = _config([layer])
+    image_id = repo.put_config(config)
+    repo.put_image(Image.from_config(config, [desc]))
+    return image_id
+
+
+def test_refs_that_collided_in_version_1_coexist(repo, tmp_path):
+    """app:sub and app/sub:1, and a registry host in brackets (IPv6), are all valid references."""
+    one, two = _image(repo, L1), _image(repo, L2)
+    refs = {"app:sub": one, "app/sub:1": two, "[::1]:5000/team/app:1": one, "app:_tags": two}
+    for text, image_id in refs.items():
+        repo.set_ref(parse_ref(text), image_id)
+    fresh = Repository(open_backend(str(tmp_path / "repo")))
+    assert {str(ref): image_id for image_id, ref in fresh.list_refs()} == refs
+    assert all(fresh.resolve(text)[0] == image_id for text, image_id in refs.items())
+
+
+def _v1_repository(path, refs):
+    """A repository as dogestry wrote it before format version 2."""
+    repo = Repository(open_backend(str(path)))
+    ids = {text: _image(repo, layer) for text, layer in refs.items()}
+    (path / "dogestry.json").write_text('{"format": "dogestry-repository", "version": 1}\n')
+    for text, image_id in ids.items():
+        ref = parse_ref(text)
+        key = path / "repositories" / ref.name / ref.tag
+        key.parent.mkdir(parents=True, exist_ok=True)
+        key.write_text(image_id + "\n")
+    import shutil
+
+    shutil.rmtree(path / "repositories" / "app" / "_tags", ignore_errors=True)
+    return ids
+
+
+def test_version_1_is_read_as_it_is_and_upgraded_by_the_first_write(tmp_path):
+    ids = _v1_repository(tmp_path / "v1", {"app:1": L1, "team/app:2": L2})
+    reader = Repository(open_backend(str(tmp_path / "v1")))
+    assert {str(r): i for i, r in reader.list_refs()} == ids and reader.version == 1
+    writer = Repository(open_backend(str(tmp_path / "v1")))
+    writer.set_ref(parse_ref("app:sub"), ids["app:1"])
+    assert json.loads((tmp_path / "v1" / "dogestry.json").read_text())["version"] == 2
+    assert not (tmp_path / "v1" / "repositories" / "app" / "1").exists()
+    fresh = Repository(open_backend(str(tmp_path / "v1")))
+    assert {str(r): i for i, r in fresh.list_refs()} == dict(ids, **{"app:sub": ids["app:1"]})
+    writer.set_ref(parse_ref("app/sub:1"), ids["team/app:2"])  # collided with app:sub in version 1
+    assert Repository(open_backend(str(tmp_path / "v1"))).resolve("app/sub:1")[0] == ids["team/app:2"]
+
+
+def test_an_upgrade_interrupted_at_each_step_leaves_every_ref_readable(tmp_path, monkeypatch):
+    from dogestry.backends.local import LocalBackend
+
+    for step in ("copy", "marker", "delete"):
+        path = tmp_path / step
+        ids = _v1_repository(path, {"app:1": L1, "team/app:2": L2})
+        calls = {"n": 0}
+        real_put, real_delete = LocalBackend.put, LocalBackend.delete
+
+        def put(self, key, data, overwrite=False):
+            if (step == "copy" and "/_tags/" in key and calls["n"] == 1) or (step == "marker" and key == "dogestry.json"
+                                                                             and overwrite):
+                raise KeyboardInterrupt  # the process dies here
+            calls["n"] += "/_tags/" in key
+            return real_put(self, key, data, overwrite)
+
+        def delete(self, key):
+            if step == "delete":
+                raise KeyboardInterrupt
+            return real_delete(self, key)
+
+        monkeypatch.setattr(LocalBackend, "put", put)
+        monkeypatch.setattr(LocalBackend, "delete", delete)
+        with pytest.raises(KeyboardInterrupt):
+            Repository(open_backend(str(path))).set_ref(parse_ref("app:new"), ids["app:1"])
+        monkeypatch.setattr(LocalBackend, "put", real_put)
+        monkeypatch.setattr(LocalBackend, "delete", real_delete)
+        assert {str(r): i for i, r in Repository(open_backend(str(path))).list_refs()} == ids, step
+        Repository(open_backend(str(path))).set_ref(parse_ref("app:new"), ids["app:1"])
+        assert {str(r): i for i, r in Repository(open_backend(str(path))).list_refs()} == \
+            dict(ids, **{"app:new": ids["app:1"]}), step
