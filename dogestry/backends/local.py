@@ -639,6 +639,7 @@ class _Temp:
         self.backend, self.key = backend, key
         self.dir_fd, self.base, self.name = dir_fd, base, path
         self._fd = fd
+        self._failed = False
         # From here on the fds are closed when this object is discarded or collected.
         self._finalizer = weakref.finalize(self, _release, fd, dir_fd)
         self._file = open(fd, "wb", buffering=_CHUNK, closefd=False)
@@ -648,13 +649,18 @@ class _Temp:
         try:
             self._file.write(data)
         except OSError as err:
+            self._failed = True
             raise self.backend._write_error(err, self.key, spooling=True) from None
 
     def close(self):
-        if not self._file.closed:
-            try:
-                self._file.close()
-            except OSError as err:
+        if self._file.closed:
+            return
+        try:
+            self._file.close()
+        except OSError as err:
+            # After a failed write the buffer still holds bytes that cannot be written:
+            # that error was raised already, and the caller's cleanup must get to unlink.
+            if not self._failed:
                 raise self.backend._write_error(err, self.key, spooling=True) from None
 
     def finish(self):
