@@ -576,3 +576,28 @@ def test_cli_a_directory_where_the_marker_should_be(tmp_path):
     os.unlink(root / "dogestry.json")
     (root / "dogestry.json").mkdir()
     assert_one_line_failure(cli(tmp_path, "show-ref", str(root)), "dogestry.json", "a directory")
+
+
+def test_a_root_that_is_a_fifo_never_blocks(tmp_path):
+    os.mkfifo(tmp_path / "repo")
+    backend = LocalBackend(str(tmp_path / "repo"))
+    with pytest.raises(NotFound):
+        _finishes(lambda: backend.get("dogestry.json", limit=4096))
+    with pytest.raises(StorageError, match=r"cannot write configs/sha256/c in .*/repo: Not a directory"):
+        _finishes(lambda: backend.put("configs/sha256/c", b"x"))
+    assert _finishes(lambda: (list(backend.list()), list(backend.leftovers()), backend.clean_leftovers())) == \
+        ([], [], (0, 0))
+
+
+def test_a_spool_on_another_filesystem_is_copied_then_published(tmp_path):
+    backend, root = _repo(tmp_path)
+    other = tmp_path / "other"
+    other.mkdir()
+    with _mount("-t", "tmpfs", "-o", "size=4m", "tmpfs", str(other)):
+        for overwrite in (False, True):
+            spooled = other / f"spool-{overwrite}"
+            spooled.write_bytes(b"from elsewhere")
+            assert backend.put_file(f"layers/sha256/x{int(overwrite)}", str(spooled), overwrite=overwrite) is True
+            assert not spooled.exists()
+            assert backend.get(f"layers/sha256/x{int(overwrite)}") == b"from elsewhere"
+    assert list(backend.leftovers()) == []

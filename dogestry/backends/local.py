@@ -365,8 +365,10 @@ class LocalBackend(Backend):
         """(dir fd, name, path) of every file that may be a temporary; dir fds are borrowed."""
         try:
             root_fd = self._open_root(create=False)
-        except FileNotFoundError:
-            return
+        except (FileNotFoundError, NotADirectoryError):
+            return  # no repository, so no temporaries
+        except OSError as err:
+            raise StorageError(f"cannot look for temporaries in {self.root}: {err.strerror or err}") from None
         try:
             try:
                 spool_fd = os.open(SPOOL_DIR, _DIR_FLAGS, dir_fd=root_fd)
