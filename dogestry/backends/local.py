@@ -1,14 +1,47 @@
-"""A repository in a local directory (or anything mounted as one)."""
+"""A repository in a local directory (or anything mounted as one).
+
+A local repository may be damaged or hostile (a shared mount, a copied tree), so:
+
+- Below the root, paths are walked one component at a time with openat(O_NOFOLLOW) from
+  the directory opened before, never by path string. A symbolic link is followed only when
+  its target, resolved over those opened directories, stays inside the root; a link out
+  (`repositories/app/1 -> /dev/zero`, `layers -> /etc`) is refused. Links that stay inside
+  are harmless (whoever can write one could write the file itself, and every object is
+  verified by digest) and useful (`repositories/app/latest -> 1.4` as a hand-made alias);
+  resolving them ourselves, over held directory descriptors, means a concurrent swap of a
+  component cannot steer a read or a write out of the tree. The root itself may be a link.
+- Only regular files are opened for reading: the entry is lstat'ed first and opened
+  O_NONBLOCK|O_NOFOLLOW, then fstat'ed, so a FIFO, device or socket is refused without a
+  read that could block or never end. `get(key, limit)` never reads more than limit+1 bytes.
+- Every temporary lives in ROOT/.spool (same filesystem as the objects, so publishing is
+  still one link or rename) and is flock'ed by its writer for as long as it lives. A
+  temporary left by a killed writer is unlocked: `leftovers()` finds it and
+  `clean_leftovers()` removes it once it is old enough; the first write of each backend
+  does that for .spool (one listdir, however large the repository).
+- Every OSError becomes a one-line StorageError naming the key, the root and, for a full
+  disk, whether the write was spooling.
+"""
 
 import errno
+import fcntl
 import os
-import tempfile
+import re
+import stat
+import time
+import weakref
 from urllib.parse import unquote, urlsplit
 
-from ..errors import NotFound, StorageError, UsageError
-from . import Backend, check_key, too_large
+from ..errors import CorruptObject, DogestryError, NotFound, StorageError, UsageError
+from . import Backend, check_key
 
 _CHUNK = 1 << 20
+SPOOL_DIR = ".spool"
+_MAX_LINKS = 40  # as the kernel's MAXSYMLINKS: a longer chain is a loop
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+# A temporary beside a key: written by dogestry before temporaries moved to .spool, and
+# still by the cross-filesystem fallback of _publish.
+_BESIDE_TEMP_RE = re.compile(r"^\..+\.tmp-[A-Za-z0-9_]+$")
 
 
 def _path_of(url):
@@ -20,191 +53,705 @@ def _path_of(url):
     return url
 
 
+def _kind(mode):
+    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISLNK, "a symbolic link"), (stat.S_ISREG, "a regular file")):
+        if test(mode):
+            return name
+    return "of an unknown type"
+
+
+class _LinkOut(StorageError):
+    """A symbolic link below the root whose target is outside it."""
+
+
 class LocalBackend(Backend):
     kind = "local"
 
     def __init__(self, url, temp_dir=None):
         super().__init__(url, temp_dir)
         self.root = os.path.abspath(_path_of(url))
+        self._cleaned = False
+        # Temporaries this backend created and still holds locked, by path, so put_file
+        # can release the lock of a spool it consumes. Weak: a spool object dropped
+        # without put_file releases its lock when it is collected.
+        self._live = weakref.WeakValueDictionary()
 
     def location(self):
         return self.root
 
-    def _path(self, key):
-        return os.path.join(self.root, *check_key(key).split("/"))
+    # -- walking below the root -------------------------------------------------------
+    def _inside(self, target):
+        """Components of an absolute link target below the root, or None when it is outside."""
+        target = os.path.normpath(target)
+        for base in {self.root, os.path.realpath(self.root)}:
+            if target == base:
+                return []
+            if target.startswith(base.rstrip("/") + "/"):
+                return target[len(base.rstrip("/")) + 1:].split("/")
+        return None
 
-    def _storage_error(self, err, what):
-        return StorageError(f"{what}: {err.strerror or err} ({self.root})")
+    def _open_root(self, create):
+        try:
+            return os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            if not create:
+                raise
+            os.makedirs(self.root, exist_ok=True)
+            return os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+
+    def _walk(self, parts, create=False, follow_last=True, what=None):
+        """Open the directory holding the last of `parts`: (dir fd, last name).
+
+        Links are followed only inside the root (see the module docstring); with
+        follow_last=False the last component is returned as it is (a write replaces a
+        link, it does not write through it). With create, missing directories are made.
+        Raises FileNotFoundError/NotADirectoryError for a missing path, _LinkOut for a
+        link out of the root.
+        """
+        what = what or "/".join(parts)
+        fds = [self._open_root(create)]
+        names = []
+        pending = list(parts)
+        links = 0
+        try:
+            while True:
+                name = pending.pop(0)
+                if name in ("", "."):
+                    if pending:
+                        continue
+                    name = "."  # a link to "dir/": the entry is the directory itself
+                if name == "..":
+                    if not names:
+                        raise _LinkOut(f"{what} in {self.root} leads out of the repository through a relative "
+                                       "symbolic link; refusing to follow it")
+                    os.close(fds.pop())
+                    names.pop()
+                    continue
+                if not pending:
+                    if follow_last:
+                        try:
+                            st = os.stat(name, dir_fd=fds[-1], follow_symlinks=False)
+                        except FileNotFoundError:
+                            st = None
+                        if st is not None and stat.S_ISLNK(st.st_mode):
+                            links = self._expand(fds, names, pending, name, links, what)
+                            continue
+                    result = fds.pop(), name
+                    return result
+                try:
+                    fd = os.open(name, _DIR_FLAGS, dir_fd=fds[-1])
+                except FileNotFoundError:
+                    if not create:
+                        raise
+                    try:
+                        os.mkdir(name, 0o755, dir_fd=fds[-1])
+                    except FileExistsError:
+                        pass  # a concurrent writer made it
+                    pending.insert(0, name)
+                    continue
+                except OSError as err:
+                    if err.errno not in (errno.ELOOP, errno.ENOTDIR):
+                        raise
+                    st = os.stat(name, dir_fd=fds[-1], follow_symlinks=False)
+                    if not stat.S_ISLNK(st.st_mode):
+                        raise NotADirectoryError(errno.ENOTDIR, f"{'/'.join(names + [name])} is {_kind(st.st_mode)}, "
+                                                 "not a directory") from None
+                    links = self._expand(fds, names, pending, name, links, what)
+                    continue
+                fds.append(fd)
+                names.append(name)
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+    def _expand(self, fds, names, pending, name, links, what):
+        """Replace the link `name` in the walk by its target; restart at the root for an absolute one."""
+        links += 1
+        target = os.readlink(name, dir_fd=fds[-1])
+        link = "/".join(names + [name])
+        subject = f"{what} in {self.root}" + ("" if link == what else f": {link}")
+        if links > _MAX_LINKS:
+            raise _LinkOut(f"{subject}: too many levels of symbolic links")
+        if target.startswith("/"):
+            rest = self._inside(target)
+            if rest is None:
+                raise _LinkOut(f"{subject} is a symbolic link out of the repository (to {target}); "
+                               "refusing to follow it")
+            while len(fds) > 1:
+                os.close(fds.pop())
+            names.clear()
+            pending[:0] = rest
+        else:
+            pending[:0] = target.split("/")
+        return links
+
+    def _key_parts(self, key):
+        return check_key(key).split("/")
+
+    # -- errors ----------------------------------------------------------------------
+    def _read_error(self, err, key):
+        if isinstance(err, DogestryError):
+            return err
+        if err.errno in (errno.EACCES, errno.EPERM):
+            return StorageError(f"permission denied reading {key} in {self.root}")
+        return StorageError(f"cannot read {key} in {self.root}: {err.strerror or err}")
+
+    def _write_error(self, err, key, spooling=False):
+        if isinstance(err, DogestryError):
+            return err
+        where = f"its spool directory {os.path.join(self.root, SPOOL_DIR)}" if spooling else self.root
+        if err.errno == errno.ENOSPC:
+            return StorageError(f"no space left on the device holding {self.root} while writing {key}"
+                                + (f" into {where}" if spooling else ""))
+        if err.errno == errno.EDQUOT:
+            return StorageError(f"disk quota exceeded on the device holding {self.root} while writing {key}"
+                                + (f" into {where}" if spooling else ""))
+        if err.errno == errno.EROFS:
+            return StorageError(f"{self.root} is on a read-only filesystem; cannot write {key}")
+        if err.errno in (errno.EACCES, errno.EPERM):
+            return StorageError(f"permission denied writing {key} in {where}")
+        return StorageError(f"cannot write {key} in {where}: {err.strerror or err}")
+
+    # -- reading ---------------------------------------------------------------------
+    def _lstat_regular(self, key):
+        """(dir fd, name, stat) of the regular file at key; the caller closes dir fd."""
+        try:
+            dir_fd, name = self._walk(self._key_parts(key))
+        except (FileNotFoundError, NotADirectoryError):
+            raise NotFound(f"{key} not found in {self.root}") from None
+        try:
+            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            os.close(dir_fd)
+            raise NotFound(f"{key} not found in {self.root}") from None
+        except BaseException:
+            os.close(dir_fd)
+            raise
+        if not stat.S_ISREG(st.st_mode):
+            os.close(dir_fd)
+            raise CorruptObject(f"{key} in {self.root} is not a regular file ({_kind(st.st_mode)})")
+        return dir_fd, name, st
+
+    def _open_regular(self, key):
+        """An fd open for reading on the regular file at key, and its fstat."""
+        try:
+            for _ in range(3):
+                dir_fd, name, _st = self._lstat_regular(key)
+                try:
+                    fd = os.open(name, _READ_FLAGS, dir_fd=dir_fd)
+                except OSError as err:
+                    if err.errno == errno.ELOOP:
+                        continue  # replaced by a link since the lstat: walk again
+                    if err.errno == errno.ENOENT:
+                        raise NotFound(f"{key} not found in {self.root}") from None
+                    raise
+                finally:
+                    os.close(dir_fd)
+                st = os.fstat(fd)
+                if not stat.S_ISREG(st.st_mode):  # replaced since the lstat
+                    os.close(fd)
+                    raise CorruptObject(f"{key} in {self.root} is not a regular file ({_kind(st.st_mode)})")
+                return fd, st
+            raise StorageError(f"{key} in {self.root} keeps changing while it is opened")
+        except OSError as err:
+            raise self._read_error(err, key) from None
 
     def get(self, key, limit=None):
-        try:
-            with open(self._path(key), "rb") as f:
-                data = f.read() if limit is None else f.read(limit + 1)
-                if limit is not None and len(data) > limit:
-                    raise too_large(key, self.root, limit)
-                return data
-        except FileNotFoundError:
-            raise NotFound(f"{key} not found in {self.root}") from None
-        except OSError as err:
-            raise self._storage_error(err, f"cannot read {key}") from None
+        """The object's bytes; with limit, CorruptObject for an object larger than limit bytes."""
+        fd, st = self._open_regular(key)
+        too_large = CorruptObject(f"{key} in {self.root} is larger than {limit} bytes; it is not an object "
+                                  "dogestry wrote (a damaged or foreign file)")
+        with os.fdopen(fd, "rb", buffering=0) as f:
+            try:
+                if limit is None:
+                    return f.read()
+                if st.st_size > limit:
+                    raise too_large
+                # The file may have grown since the fstat: read at most one byte too many.
+                parts, total = [], 0
+                while total <= limit and (data := f.read(limit + 1 - total)):
+                    parts.append(data)
+                    total += len(data)
+            except OSError as err:
+                raise self._read_error(err, key) from None
+        if total > limit:
+            raise too_large
+        return b"".join(parts)
 
     def open(self, key):
-        try:
-            return open(self._path(key), "rb", buffering=_CHUNK)
-        except FileNotFoundError:
-            raise NotFound(f"{key} not found in {self.root}") from None
-        except OSError as err:
-            raise self._storage_error(err, f"cannot read {key}") from None
+        fd, _st = self._open_regular(key)
+        return _Reader(self, key, os.fdopen(fd, "rb", buffering=_CHUNK))
 
     def exists(self, key):
-        return os.path.isfile(self._path(key))
+        """True only for a regular file; False for a missing key, a FIFO, device, directory, socket or a link out."""
+        try:
+            dir_fd, _name, _st = self._lstat_regular(key)
+        except (NotFound, CorruptObject, _LinkOut):
+            return False
+        except OSError as err:
+            raise self._read_error(err, key) from None
+        os.close(dir_fd)
+        return True
 
     def size(self, key):
         try:
-            return os.stat(self._path(key)).st_size
-        except FileNotFoundError:
-            raise NotFound(f"{key} not found in {self.root}") from None
-
-    def _temp_beside(self, path):
-        directory = os.path.dirname(path)
-        try:
-            os.makedirs(directory, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".tmp-")
+            dir_fd, _name, st = self._lstat_regular(key)
         except OSError as err:
-            raise self._storage_error(err, f"cannot write in {directory}") from None
-        return fd, tmp
+            raise self._read_error(err, key) from None
+        os.close(dir_fd)
+        return st.st_size
+
+    # -- temporaries -----------------------------------------------------------------
+    def _spool_fd(self):
+        """The .spool directory, made if missing; never through a link (cleaning looks only there)."""
+        root_fd = self._open_root(create=True)
+        try:
+            for _ in range(2):
+                try:
+                    return os.open(SPOOL_DIR, _DIR_FLAGS, dir_fd=root_fd)
+                except FileNotFoundError:
+                    try:
+                        os.mkdir(SPOOL_DIR, 0o755, dir_fd=root_fd)
+                    except FileExistsError:
+                        pass  # a concurrent writer made it
+                except OSError as err:
+                    if err.errno not in (errno.ELOOP, errno.ENOTDIR):
+                        raise
+                    st = os.stat(SPOOL_DIR, dir_fd=root_fd, follow_symlinks=False)
+                    raise StorageError(f"{os.path.join(self.root, SPOOL_DIR)} is {_kind(st.st_mode)}, not the "
+                                       "directory dogestry keeps its temporaries in; remove it") from None
+            return os.open(SPOOL_DIR, _DIR_FLAGS, dir_fd=root_fd)
+        finally:
+            os.close(root_fd)
+
+    def _temp(self, prefix, key, in_dir_fd=None):
+        """A new locked temporary in .spool (or, for the cross-device fallback, in in_dir_fd)."""
+        if in_dir_fd is None:
+            dir_fd = self._spool_fd()
+            display = os.path.join(self.root, SPOOL_DIR)
+        else:
+            dir_fd, display = os.dup(in_dir_fd), self.root
+        try:
+            while True:
+                name = f"{prefix}{os.urandom(8).hex()}"
+                try:
+                    fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                                 dir_fd=dir_fd)
+                    break
+                except FileExistsError:
+                    continue
+        except BaseException:
+            os.close(dir_fd)
+            raise
+        temp = _Temp(self, key, dir_fd, name, fd, os.path.join(display, name))
+        self._live[temp.name] = temp
+        return temp
+
+    def _first_write(self):
+        """Remove stale temporaries of killed writers, once per backend, from .spool only."""
+        if self._cleaned:
+            return
+        self._cleaned = True
+        try:
+            self.clean_leftovers(everywhere=False)
+        except (OSError, DogestryError):
+            # Housekeeping: a temporary we may not remove must not fail the write that
+            # follows; that write reports any real problem with the repository itself.
+            pass
+
+    def _candidates(self, everywhere):
+        """(dir fd, name, path) of every file that may be a temporary; dir fds are borrowed."""
+        try:
+            root_fd = self._open_root(create=False)
+        except (FileNotFoundError, NotADirectoryError):
+            return  # no repository, so no temporaries
+        except OSError as err:
+            raise StorageError(f"cannot look for temporaries in {self.root}: {err.strerror or err}") from None
+        try:
+            try:
+                spool_fd = os.open(SPOOL_DIR, _DIR_FLAGS, dir_fd=root_fd)
+            except OSError:
+                spool_fd = None
+            if spool_fd is not None:
+                try:
+                    with os.scandir(spool_fd) as entries:
+                        names = sorted(e.name for e in entries if e.is_file(follow_symlinks=False))
+                    for name in names:
+                        yield spool_fd, name, os.path.join(self.root, SPOOL_DIR, name)
+                finally:
+                    os.close(spool_fd)
+            if everywhere:
+                for dir_fd, rel, files, _links in self._tree(root_fd, ""):
+                    for name in files:
+                        if _BESIDE_TEMP_RE.match(name):
+                            yield dir_fd, name, os.path.join(self.root, rel, name)
+        finally:
+            os.close(root_fd)
+
+    def _stale(self, everywhere):
+        """Yield (dir fd, name, path, stat) of unlocked temporaries, holding their lock meanwhile."""
+        for dir_fd, name, path in self._candidates(everywhere):
+            try:
+                fd = os.open(name, _READ_FLAGS, dir_fd=dir_fd)
+            except OSError:
+                continue  # gone (published or cleaned) or not a file any more
+            try:
+                st = os.fstat(fd)
+                if not stat.S_ISREG(st.st_mode):
+                    continue
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # its writer is alive
+                yield dir_fd, name, path, st
+            finally:
+                os.close(fd)
+
+    def leftovers(self, everywhere=True):
+        """(path, size, age in seconds) of every temporary no live writer holds.
+
+        everywhere=False looks in .spool only (one listdir); otherwise the whole tree is
+        walked too for the `.NAME.tmp-*` files older versions left beside keys.
+        """
+        now = time.time()
+        for _dir_fd, _name, path, st in self._stale(everywhere):
+            yield path, st.st_size, max(0.0, now - st.st_mtime)
+
+    def clean_leftovers(self, min_age=3600, everywhere=True):
+        """Remove the temporaries no writer holds and nobody wrote for min_age seconds: (count, bytes)."""
+        count = size = 0
+        now = time.time()
+        for dir_fd, name, _path, st in self._stale(everywhere):
+            # mtime, not ctime: a spool written until a second ago belongs to a writer
+            # that may only be between its close and its publish.
+            if now - st.st_mtime < min_age:
+                continue
+            try:
+                os.unlink(name, dir_fd=dir_fd)
+            except FileNotFoundError:
+                continue
+            count += 1
+            size += st.st_size
+        return count, size
+
+    # -- writing ---------------------------------------------------------------------
+    def _parent(self, key, create=True):
+        """(dir fd, name) where key's entry goes, creating the directories below the root."""
+        return self._walk(self._key_parts(key), create=create, follow_last=False, what=key)
 
     def put(self, key, data, overwrite=False):
-        path = self._path(key)
-        if not overwrite and os.path.exists(path):
-            return False
-        fd, tmp = self._temp_beside(path)
+        self._key_parts(key)
+        self._first_write()
         try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            return self._publish(tmp, path, overwrite)
+            dir_fd, name = self._parent(key)
         except OSError as err:
-            raise self._storage_error(err, f"cannot write {key}") from None
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-
-    def _publish(self, tmp, path, overwrite):
-        """Make tmp visible as path, atomically; write-once unless overwrite."""
-        os.chmod(tmp, 0o644)
-        if overwrite:
-            os.replace(tmp, path)
-        else:
-            try:
-                os.link(tmp, path)  # fails if path exists: never replaces a published object
-            except FileExistsError:
+            raise self._write_error(err, key) from None
+        try:
+            if not overwrite and _present(dir_fd, name):
                 return False
-            os.unlink(tmp)
-        _fsync_dir(os.path.dirname(path))
+            temp = self._temp(_temp_prefix(name), key)
+            try:
+                temp.write(data)
+                temp.finish()
+                return self._publish(temp.dir_fd, temp.base, dir_fd, name, overwrite, key)
+            finally:
+                temp.discard()
+        except OSError as err:
+            raise self._write_error(err, key) from None
+        finally:
+            os.close(dir_fd)
+
+    def _publish(self, src_dir_fd, src, dir_fd, name, overwrite, key):
+        """Make the finished temporary src visible as name in dir_fd, atomically; write-once unless overwrite."""
+        try:
+            if overwrite:
+                os.replace(src, name, src_dir_fd=src_dir_fd, dst_dir_fd=dir_fd)
+            else:
+                try:
+                    # linkat fails if name exists: never replaces a published object.
+                    os.link(src, name, src_dir_fd=src_dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
+                except FileExistsError:
+                    return False
+                os.unlink(src, dir_fd=src_dir_fd)
+        except OSError as err:
+            if err.errno != errno.EXDEV:
+                raise
+            # The temporary is on another filesystem (a spool from elsewhere, or a
+            # mount below the root): copy it beside the target, then publish that.
+            beside = self._temp(_temp_prefix(name), key, in_dir_fd=dir_fd)
+            try:
+                with open(os.open(src, _READ_FLAGS, dir_fd=src_dir_fd), "rb", buffering=0) as f:
+                    while chunk := f.read(_CHUNK):
+                        beside.write(chunk)
+                beside.finish()
+                return self._publish(beside.dir_fd, beside.base, dir_fd, name, overwrite, key)
+            finally:
+                beside.discard()
+        os.fsync(dir_fd)
         return True
 
     def put_file(self, key, path, overwrite=False):
-        dest = self._path(key)
+        self._key_parts(key)
+        self._first_write()
+        temp = self._live.get(path)
         try:
-            if not overwrite and os.path.exists(dest):
-                return False
-            os.makedirs(os.path.dirname(dest), exist_ok=True)
-            with open(path, "rb+") as f:
-                os.fsync(f.fileno())
+            dir_fd, name = self._parent(key)
             try:
-                return self._publish(path, dest, overwrite)
-            except OSError as err:
-                if err.errno != errno.EXDEV:
-                    raise
-            # The spool is on another filesystem: copy beside the target, then publish.
-            fd, tmp = self._temp_beside(dest)
-            try:
-                with os.fdopen(fd, "wb") as out, open(path, "rb") as src:
-                    while chunk := src.read(_CHUNK):
-                        out.write(chunk)
-                    out.flush()
-                    os.fsync(out.fileno())
-                return self._publish(tmp, dest, overwrite)
+                if not overwrite and _present(dir_fd, name):
+                    return False
+                if temp is not None:
+                    temp.finish()
+                    return self._publish(temp.dir_fd, temp.base, dir_fd, name, overwrite, key)
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                os.chmod(path, 0o644)
+                return self._publish(None, path, dir_fd, name, overwrite, key)
             finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
+                os.close(dir_fd)
         except OSError as err:
-            raise self._storage_error(err, f"cannot write {key}") from None
+            raise self._write_error(err, key) from None
         finally:
-            if os.path.exists(path):
+            if temp is not None:
+                temp.discard()
+            elif os.path.lexists(path):
                 os.unlink(path)
 
     def writer(self, key, overwrite=False):
+        self._key_parts(key)
+        self._first_write()
         return _LocalWriter(self, key, overwrite)
 
     def spool(self):
-        spool_dir = os.path.join(self.root, ".spool")
+        """A locked temporary in .spool for bytes whose key is not known yet (a layer being hashed)."""
+        self._first_write()
         try:
-            os.makedirs(spool_dir, exist_ok=True)
-            return tempfile.NamedTemporaryFile(dir=spool_dir, prefix=".layer-", delete=False)
+            return self._temp(".layer-", "a layer", None)
         except OSError as err:
-            raise self._storage_error(err, "cannot create a spool file") from None
+            raise self._write_error(err, "a layer", spooling=True) from None
+
+    # -- listing and deleting --------------------------------------------------------
+    def _tree(self, dir_fd, rel):
+        """Walk below dir_fd without following links: (dir fd, rel, regular files, links), sorted.
+
+        Directory fds are only valid during their iteration step.
+        """
+        try:
+            with os.scandir(dir_fd) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError:
+            return
+        files = [e.name for e in entries if e.is_file(follow_symlinks=False)]
+        links = [e.name for e in entries if e.is_symlink()]
+        yield dir_fd, rel, files, links
+        for entry in entries:
+            if entry.name.startswith(".") or not entry.is_dir(follow_symlinks=False):
+                continue
+            try:
+                sub = os.open(entry.name, _DIR_FLAGS, dir_fd=dir_fd)
+            except OSError:
+                continue  # replaced or unreadable since the scan
+            try:
+                yield from self._tree(sub, f"{rel}{entry.name}/")
+            finally:
+                os.close(sub)
 
     def list(self, prefix=""):
-        base = self._path(prefix.rstrip("/")) if prefix else self.root
-        if not os.path.isdir(base):
-            return
-        for dirpath, dirnames, filenames in os.walk(base):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            rel = os.path.relpath(dirpath, self.root)
-            for name in sorted(filenames):
-                if name.startswith("."):
-                    continue
-                yield name if rel == "." else f"{rel.replace(os.sep, '/')}/{name}"
+        """Every key under prefix: regular files, and links to regular files inside the root.
+
+        Linked directories are not descended (a loop or the whole filesystem may be
+        behind one); FIFOs, devices, sockets, temporaries and names that are not keys
+        are left out.
+        """
+        rel = prefix.rstrip("/")
+        try:
+            if rel:
+                parent_fd, name = self._walk(self._key_parts(rel))
+                try:
+                    base = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+                finally:
+                    os.close(parent_fd)
+            else:
+                base = self._open_root(create=False)
+        except (OSError, _LinkOut):
+            return  # nothing (or nothing we may read) under prefix
+        try:
+            for _dir_fd, sub, files, links in self._tree(base, f"{rel}/" if rel else ""):
+                for name in sorted(files + links):
+                    key = sub + name
+                    if name.startswith(".") or not _is_key(key):
+                        continue
+                    if name in links and not self.exists(key):
+                        continue
+                    yield key
+        finally:
+            os.close(base)
 
     def delete(self, key):
         try:
-            os.unlink(self._path(key))
+            dir_fd, name = self._parent(key, create=False)
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        except OSError as err:
+            raise self._write_error(err, key) from None
+        try:
+            os.unlink(name, dir_fd=dir_fd)
         except FileNotFoundError:
             pass
         except OSError as err:
-            raise self._storage_error(err, f"cannot delete {key}") from None
+            raise StorageError(f"cannot delete {key} in {self.root}: {err.strerror or err}") from None
+        finally:
+            os.close(dir_fd)
 
 
-class _LocalWriter:
-    """Streams into a temporary file beside the key; commit publishes it atomically."""
+def _present(dir_fd, name):
+    try:
+        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        return True
+    except FileNotFoundError:
+        return False
 
-    def __init__(self, backend, key, overwrite):
-        self.backend, self.key, self.overwrite = backend, key, overwrite
-        self.path = backend._path(key)
-        fd, self.tmp = backend._temp_beside(self.path)
-        self.file = os.fdopen(fd, "wb", buffering=_CHUNK)
+
+def _temp_prefix(name):
+    # A name stays under NAME_MAX (255) whatever the key's last component.
+    return f".{name[:100]}.tmp-"
+
+
+def _is_key(key):
+    try:
+        check_key(key)
+        return True
+    except UsageError:
+        return False
+
+
+class _Temp:
+    """A temporary file locked by its writer (flock) for as long as this object holds it.
+
+    It acts as the spool file the repository layer writes (write, close, name); close()
+    only flushes: the lock is kept until the bytes are published or discarded, so no
+    cleaner takes a finished spool for a leftover.
+    """
+
+    def __init__(self, backend, key, dir_fd, base, fd, path):
+        self.backend, self.key = backend, key
+        self.dir_fd, self.base, self.name = dir_fd, base, path
+        self._fd = fd
+        self._failed = False
+        # From here on the fds are closed when this object is discarded or collected.
+        self._finalizer = weakref.finalize(self, _release, fd, dir_fd)
+        self._file = open(fd, "wb", buffering=_CHUNK, closefd=False)
+        fcntl.flock(fd, fcntl.LOCK_EX)
 
     def write(self, data):
         try:
-            self.file.write(data)
+            self._file.write(data)
         except OSError as err:
+            self._failed = True
+            raise self.backend._write_error(err, self.key, spooling=True) from None
+
+    def close(self):
+        if self._file.closed:
+            return
+        try:
+            self._file.close()
+        except OSError as err:
+            # After a failed write the buffer still holds bytes that cannot be written:
+            # that error was raised already, and the caller's cleanup must get to unlink.
+            if not self._failed:
+                raise self.backend._write_error(err, self.key, spooling=True) from None
+
+    def finish(self):
+        """Flush to disk and make it readable, ready to be published."""
+        self.close()
+        try:
+            os.fsync(self._fd)
+            os.fchmod(self._fd, 0o644)
+        except OSError as err:
+            raise self.backend._write_error(err, self.key, spooling=True) from None
+
+    def discard(self):
+        """Remove the temporary if it is still there, and release its lock."""
+        if not self._finalizer.alive:
+            return
+        try:
+            self._file.close()
+        except OSError:
+            pass  # its bytes are being thrown away
+        try:
+            os.unlink(self.base, dir_fd=self.dir_fd)
+        except FileNotFoundError:
+            pass
+        finally:
+            self._finalizer()
+
+
+def _release(fd, dir_fd):
+    os.close(fd)
+    os.close(dir_fd)
+
+
+class _Reader:
+    """A binary reader whose read errors name the key and the root."""
+
+    def __init__(self, backend, key, file):
+        self._backend, self._key, self._file = backend, key, file
+
+    def read(self, n=-1):
+        try:
+            return self._file.read(n)
+        except OSError as err:
+            raise self._backend._read_error(err, self._key) from None
+
+    def close(self):
+        self._file.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class _LocalWriter:
+    """Streams into a locked temporary in .spool; commit publishes it atomically under key."""
+
+    def __init__(self, backend, key, overwrite):
+        self.backend, self.key, self.overwrite = backend, key, overwrite
+        try:
+            # Resolved now, so a key leading out of the root fails before any byte is sent.
+            self._dir_fd, self._name = backend._parent(key)
+        except OSError as err:
+            raise backend._write_error(err, key) from None
+        try:
+            self.temp = backend._temp(_temp_prefix(self._name), key)
+        except OSError as err:
+            os.close(self._dir_fd)
+            raise backend._write_error(err, key, spooling=True) from None
+
+    def write(self, data):
+        try:
+            self.temp.write(data)
+        except BaseException:
             self.abort()
-            raise self.backend._storage_error(err, f"cannot write {self.key}") from None
+            raise
 
     def commit(self):
         try:
-            self.file.flush()
-            os.fsync(self.file.fileno())
-            self.file.close()
-            return self.backend._publish(self.tmp, self.path, self.overwrite)
+            self.temp.finish()
+            return self.backend._publish(self.temp.dir_fd, self.temp.base, self._dir_fd, self._name,
+                                         self.overwrite, self.key)
         except OSError as err:
-            raise self.backend._storage_error(err, f"cannot write {self.key}") from None
+            raise self.backend._write_error(err, self.key) from None
         finally:
-            if os.path.exists(self.tmp):
-                os.unlink(self.tmp)
+            self.abort()
 
     def abort(self):
-        self.file.close()
-        if os.path.exists(self.tmp):
-            os.unlink(self.tmp)
-
-
-def _fsync_dir(directory):
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        self.temp.discard()
+        if self._dir_fd is not None:
+            os.close(self._dir_fd)
+            self._dir_fd = None
