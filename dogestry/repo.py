@@ -116,9 +116,9 @@ class Repository:
             data = self.backend.get(FORMAT_KEY, limit=MAX_MARKER)
         except NotFound:
             return None
-        except CorruptObject:
-            raise DogestryError(f"{self.location} has a damaged {FORMAT_KEY}; it is not a repository this "
-                                "dogestry can read") from None
+        except CorruptObject as err:
+            raise DogestryError(f"{self.location} has a damaged {FORMAT_KEY} ({err}); it is not a repository "
+                                "this dogestry can read") from None
         try:
             marker = parse_json(data, FORMAT_KEY, "a format marker")
             name, version = marker["format"], marker["version"]
@@ -382,8 +382,8 @@ class Repository:
             data = self._get(key, MAX_REF)
         except NotFound:
             raise NotFound(f"{ref} not found in {self.location}") from None
-        except CorruptObject:
-            raise CorruptObject(f"ref {ref} in {self.location} is damaged ({key})") from None
+        except CorruptObject as err:
+            raise CorruptObject(f"ref {ref} is damaged: {err}") from None
         text = data.decode("ascii", "replace").strip()
         if not is_digest(text):
             raise CorruptObject(f"ref {ref} in {self.location} is damaged ({key})")

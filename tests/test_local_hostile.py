@@ -26,7 +26,8 @@ import pytest
 
 from dogestry.backends.local import LocalBackend
 from dogestry.errors import CorruptObject, NotFound, StorageError
-from dogestry.repo import ImageRecord, Repository
+from dogestry.image import Image
+from dogestry.repo import Repository
 
 from conftest import BIN, dogestry
 
@@ -501,7 +502,7 @@ def _cli_repo(tmp_path):
     config = json.dumps({"architecture": "amd64", "os": "linux", "config": {},
                          "rootfs": {"type": "layers", "diff_ids": [desc.diff_id]}}).encode()
     image_id = repo.put_config(config)
-    repo.put_image(ImageRecord(image_id, len(config), [desc]))
+    repo.put_image(Image(image_id, len(config), [desc]))
     from dogestry.refs import parse_ref
     repo.set_ref(parse_ref("app:good"), image_id)
     return tmp_path / "repo", image_id, desc
@@ -509,18 +510,18 @@ def _cli_repo(tmp_path):
 
 def test_cli_ref_linked_to_dev_zero(tmp_path):
     root, image_id, _desc = _cli_repo(tmp_path)
-    os.symlink("/dev/zero", root / "repositories/app/zero")
+    os.symlink("/dev/zero", root / "repositories/app/_tags/zero")
     run = cli(tmp_path, "pull", str(root), "app:zero")
-    assert_one_line_failure(run, "repositories/app/zero", "/dev/zero")
+    assert_one_line_failure(run, "repositories/app/_tags/zero", "/dev/zero")
     run = cli(tmp_path, "show-ref", str(root))
     assert run.rc == 0 and run.out == f"{image_id} app:good\n" and run.rss < RSS_LIMIT
 
 
 def test_cli_ref_linked_to_etc_passwd(tmp_path):
     root, _image_id, _desc = _cli_repo(tmp_path)
-    os.symlink("/etc/passwd", root / "repositories/app/passwd")
+    os.symlink("/etc/passwd", root / "repositories/app/_tags/passwd")
     run = cli(tmp_path, "pull", str(root), "app:passwd")
-    assert_one_line_failure(run, "repositories/app/passwd", "out of the repository")
+    assert_one_line_failure(run, "repositories/app/_tags/passwd", "out of the repository")
     assert "root:" not in run.out + run.err
 
 
@@ -528,9 +529,9 @@ def test_cli_ref_linked_to_etc_passwd(tmp_path):
 def test_cli_a_1gib_sparse_ref(tmp_path, command):
     # Needs the repository layer to read refs with get(key, limit=...).
     root, _image_id, _desc = _cli_repo(tmp_path)
-    _sparse(root / "repositories/app/big", GIB)
+    _sparse(root / "repositories/app/_tags/big", GIB)
     args = [str(root)] + (["app:big"] if command == "pull" else [])
-    assert_one_line_failure(cli(tmp_path, command, *args), "repositories/app/big")
+    assert_one_line_failure(cli(tmp_path, command, *args), "repositories/app/_tags/big")
 
 
 def test_cli_a_1gib_sparse_marker(tmp_path):
@@ -543,8 +544,8 @@ def test_cli_a_1gib_sparse_marker(tmp_path):
 
 def test_cli_a_fifo_ref(tmp_path):
     root, image_id, _desc = _cli_repo(tmp_path)
-    os.mkfifo(root / "repositories/app/fifo")
-    assert_one_line_failure(cli(tmp_path, "pull", str(root), "app:fifo"), "repositories/app/fifo", "a FIFO")
+    os.mkfifo(root / "repositories/app/_tags/fifo")
+    assert_one_line_failure(cli(tmp_path, "pull", str(root), "app:fifo"), "repositories/app/_tags/fifo", "a FIFO")
     run = cli(tmp_path, "show-ref", str(root))  # the FIFO is no ref: listed refs are unharmed
     assert run.rc == 0 and run.out == f"{image_id} app:good\n"
 
@@ -567,8 +568,8 @@ def test_cli_a_fifo_layer(tmp_path):
 
 def test_cli_a_directory_where_a_ref_should_be(tmp_path):
     root, _image_id, _desc = _cli_repo(tmp_path)
-    (root / "repositories/app/dir").mkdir()
-    assert_one_line_failure(cli(tmp_path, "pull", str(root), "app:dir"), "repositories/app/dir", "a directory")
+    (root / "repositories/app/_tags/dir").mkdir()
+    assert_one_line_failure(cli(tmp_path, "pull", str(root), "app:dir"), "repositories/app/_tags/dir", "a directory")
 
 
 def test_cli_a_directory_where_the_marker_should_be(tmp_path):
