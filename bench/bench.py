@@ -67,7 +67,8 @@ def sh(cmd, env=None, check=True, quiet=True):
 
 
 def timed(cmd, env=None):
-    """Wall seconds and peak RSS (MiB) of one command: a shell line, or an argv list run
+    """Wall seconds, peak RSS (MiB) and CPU seconds (user + system, the command and its
+    children) of one command: a shell line, or an argv list run
     without a shell (for the start-up cases, where a shell's own start would show)."""
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, shell=isinstance(cmd, str), env=env, executable="/bin/bash" if isinstance(cmd, str)
@@ -79,7 +80,7 @@ def timed(cmd, env=None):
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise SystemExit(f"bench: command failed ({proc.returncode}): {cmd}\n{stderr[-2000:]}")
-    return elapsed, usage.ru_maxrss / 1024
+    return elapsed, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime
 
 
 def tiny_images_tar(path, first, last):
@@ -260,18 +261,19 @@ class Bench:
 
     def record(self, case, label, baseline=""):
         return self.results.setdefault(case, {"label": label, "baseline_label": baseline, "dogestry": [],
-                                              "baseline": [], "rss": [], "note": ""})
+                                              "baseline": [], "rss": [], "cpu": [], "note": ""})
 
     def run_pair(self, case, label, prepare_d, cmd_d, prepare_b, cmd_b, env=None, baseline="", runs=None):
         entry = self.record(case, label, baseline)
         for _ in range(runs or self.args.runs):
             prepare_d()
-            seconds, rss = timed(cmd_d, env=env or self.docker_env)
+            seconds, rss, cpu = timed(cmd_d, env=env or self.docker_env)
             entry["dogestry"].append(seconds)
             entry["rss"].append(rss)
+            entry["cpu"].append(cpu)
             if cmd_b:
                 prepare_b()
-                seconds, _ = timed(cmd_b, env=env or self.docker_env)
+                seconds, _, _ = timed(cmd_b, env=env or self.docker_env)
                 entry["baseline"].append(seconds)
             print(f"  {case}: dogestry {entry['dogestry'][-1]:.3f}s"
                   + (f", baseline {entry['baseline'][-1]:.3f}s" if cmd_b else ""), flush=True)
@@ -318,10 +320,11 @@ class Bench:
             entry = self.record("P2", "push of an image the remote has")
             for _ in range(self.args.runs):
                 since = f"{time.time():.3f}"
-                seconds, rss = timed(self.dog(f"push {repo} {image}"), env=self.docker_env)
+                seconds, rss, cpu = timed(self.dog(f"push {repo} {image}"), env=self.docker_env)
                 time.sleep(0.5)
                 entry["dogestry"].append(seconds)
                 entry["rss"].append(rss)
+                entry["cpu"].append(cpu)
                 entry["note"] = f"docker save calls: {len(self.save_events(since))}"
                 print(f"  P2: {seconds:.3f}s, {entry['note']}", flush=True)
         if "P3" in want:
@@ -464,8 +467,8 @@ class Bench:
     # -- report -----------------------------------------------------------------------
     def report(self, image, size):
         lines = [f"image {image}: {size:.0f} MB; {self.machine()}; medians in seconds", "",
-                 "| case | what | dogestry | baseline | ratio | target | runs | peak RSS MiB | note |",
-                 "|---|---|---|---|---|---|---|---|---|"]
+                 "| case | what | dogestry | baseline | ratio | target | runs | dogestry CPU s | peak RSS MiB | note |",
+                 "|---|---|---|---|---|---|---|---|---|---|"]
         order = [c for c in ALL_CASES.split(",")]
 
         def key(case):
@@ -485,7 +488,7 @@ class Bench:
                 target = ""
             base = f"{b:.3f} ({r['baseline_label']})" if b else "—"
             lines.append(f"| {case} | {r['label']} | {d:.3f} | {base} | {ratio} | {target} | {len(r['dogestry'])} | "
-                         f"{max(r['rss']):.0f} | {r['note']} |")
+                         f"{statistics.median(r['cpu']):.2f} | {max(r['rss']):.0f} | {r['note']} |")
         if any(c.startswith("P19-") for c in self.results):
             lines += ["", "P19, host size: dogestry's pull time against the same pull on the smallest host "
                       f"(target <= {P19_TARGET}x at {HOST_SIZES[-1]})", "",

@@ -1,8 +1,10 @@
 """Summaries of py-spy's raw (collapsed-stack) profiles and of `python -X importtime`.
 
 A raw profile line is `thread (TID): NAME;frame;frame;... COUNT`, a frame `func (file:line)`.
-Samples are on-CPU only (py-spy without --idle), taken across all threads, so COUNT / rate is
-CPU seconds; C code (hashing, lz4, socket I/O) is charged to the Python line that called it.
+Samples are the ones py-spy deems active (no --idle), across all threads, so COUNT / rate
+approximates CPU seconds; its idle test still counts some blocking waits as active (a lock in
+Condition.wait, a socket read waiting for dockerd), so read it beside the benchmark's measured
+CPU seconds (rusage). C code (hashing, lz4, socket I/O) is charged to the Python line calling it.
 """
 
 import collections
