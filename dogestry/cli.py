@@ -36,6 +36,7 @@ COMMANDS = [
     Command("pull", PORCELAIN, "pull"),
     Command("remote", PORCELAIN, "remote"),
     Command("share", PORCELAIN, "share"),
+    Command("serve", PORCELAIN, "serve"),
     Command("help", PORCELAIN, "help"),
     Command("completion", PORCELAIN, "completion"),
     Command("save-to-repo", PLUMBING, "save_to_repo"),
