@@ -204,12 +204,11 @@ def parse_range(header, size):
             raise ValueError
         return max(0, size - suffix), size - 1
     start = int(first)
-    end = int(last) if last else size - 1
-    if end < start:
-        return None
+    if last and int(last) < start:
+        return None  # not a valid range: ignored
     if start >= size:
         raise ValueError
-    return start, min(end, size - 1)
+    return start, min(int(last) if last else size - 1, size - 1)
 
 
 def _pick_manifest_type(accept):
