@@ -293,7 +293,11 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
         except DogestryError as err:
             self.server.app.warn(f"{self.command} {self.path}: {err}")
-            if self._status is None:
+            if self._status is None and isinstance(err, NotFound):
+                # An object the records name is missing: to the client it is unknown.
+                code = "MANIFEST_UNKNOWN" if "/manifests/" in self.path else "BLOB_UNKNOWN"
+                self._refuse(_Refusal(404, code, str(err)))
+            elif self._status is None:
                 self._refuse(_Refusal(500, "UNKNOWN", str(err)))
             else:
                 self.close_connection = True

@@ -329,6 +329,7 @@ def test_a_corrupted_layer_is_cut_off_and_the_server_carries_on(tmp_path, codec_
     repo = make_repo(tmp_path, {"bad:1": [BASE, {"big.bin": 5 << 20}], "bad:small": [{"small.txt": b"small\n" * 100}],
                                 "good:1": [BASE]}, codec_lz4=codec_lz4)
     big = repo_image(repo, "bad:1")[0].layers[1]
+    small_id = repo_image(repo, "bad:small")[0].id
     small = repo_image(repo, "bad:small")[0].layers[0]
     _corrupt_middle(repo, big.diff_id)
     _corrupt_middle(repo, small.diff_id)
