@@ -251,13 +251,13 @@ class _Handler(BaseHTTPRequestHandler):
         return super().parse_request()
 
     def log_request(self, code="-", size="-"):
-        pass  # one line per request is written when the response is complete (_done)
+        pass  # one line per request is written when the response is complete (_handle)
 
     def log_message(self, format, *args):
         self.server.app.log(f"{self.address_string()} {format % args}")
 
     def _start(self, status, headers, length):
-        self._status, self._length = status, length
+        self._status = status
         self.send_response(status)
         self.send_header("Docker-Distribution-API-Version", "registry/2.0")
         for key, value in headers.items():
@@ -283,7 +283,7 @@ class _Handler(BaseHTTPRequestHandler):
                    headers)
 
     def _handle(self):
-        self._status, self._sent, self._length = None, 0, 0
+        self._status, self._sent = None, 0
         began = time.monotonic()
         try:
             self._dispatch()
