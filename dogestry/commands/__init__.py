@@ -45,6 +45,7 @@ COMMANDS = [
     Command("pull", PORCELAIN, "pull", _REFS),
     Command("remote", PORCELAIN, "remote", _REMOTE),
     Command("share", PORCELAIN, "share", _REFS),
+    Command("serve", PORCELAIN, "serve", _REMOTE),
     Command("help", PORCELAIN, "help", {"topic": help_topics}),
     Command("completion", PORCELAIN, "completion"),
     Command("save-to-repo", PLUMBING, "save_to_repo", {"remote": remotes, "images": engine_images}),
