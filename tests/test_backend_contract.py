@@ -203,3 +203,15 @@ def test_capabilities_are_declared_not_probed(readable):
     if WRITE not in readable.capabilities:
         with pytest.raises(StorageError, match="read-only"):
             readable.put("configs/sha256/x", b"x")
+
+
+def test_scan_gives_sizes_and_times_of_what_list_yields(backend):
+    import time
+
+    before = time.time() - 5
+    backend.put("configs/sha256/s1", b"12345")
+    backend.put("layers/sha256/s2", b"")
+    infos = {i.key: i for i in backend.scan("")}
+    assert sorted(infos) == sorted(backend.list(""))
+    assert infos["configs/sha256/s1"].size == 5 and infos["layers/sha256/s2"].size == 0
+    assert all(before <= i.mtime <= time.time() + 5 for i in infos.values())

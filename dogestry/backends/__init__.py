@@ -25,7 +25,7 @@ import re
 import tempfile
 from urllib.parse import urlsplit
 
-from ..errors import UsageError
+from ..errors import NotFound, UsageError
 
 _KEY_RE = re.compile(r"^[A-Za-z0-9_.:@+\[\]-]+(?:/[A-Za-z0-9_.:@+\[\]-]+)*$")
 PRESIGN, WRITE = "presign", "write"
@@ -73,6 +73,18 @@ class Backend:
     def delete(self, key):
         raise NotImplementedError
 
+    def scan(self, prefix=""):
+        """ObjectInfo(key, size, mtime) for every key under prefix, as list() yields them.
+
+        mtime is seconds since the epoch of the object's last write (None when the backend
+        cannot tell); list() and size() by default, one listing where the backend can.
+        """
+        for key in self.list(prefix):
+            try:
+                yield ObjectInfo(key, self.size(key), None)
+            except NotFound:
+                continue  # deleted since it was listed
+
     # -- defaults a backend may improve on ----------------------------------------
     def put_file(self, key, path, overwrite=False):
         """Store the file at `path` under `key` and remove `path` (it was a spool file)."""
@@ -109,6 +121,16 @@ def too_large(key, where, limit):
 
     return CorruptObject(f"{key} in {where} is larger than {limit} bytes, more than such an object can be: "
                          "the repository is damaged")
+
+
+class ObjectInfo:
+    __slots__ = ("key", "size", "mtime")
+
+    def __init__(self, key, size, mtime):
+        self.key, self.size, self.mtime = key, size, mtime
+
+    def __repr__(self):
+        return f"ObjectInfo({self.key!r}, {self.size}, {self.mtime})"
 
 
 class SpoolWriter:

@@ -32,7 +32,7 @@ import weakref
 from urllib.parse import unquote, urlsplit
 
 from ..errors import CorruptObject, DogestryError, NotFound, StorageError, UsageError
-from . import Backend, check_key
+from . import Backend, ObjectInfo, check_key
 
 _CHUNK = 1 << 20
 SPOOL_DIR = ".spool"
@@ -567,6 +567,15 @@ class LocalBackend(Backend):
         behind one); FIFOs, devices, sockets, temporaries and names that are not keys
         are left out.
         """
+        for key, _ in self._listing(prefix):
+            yield key
+
+    def scan(self, prefix=""):
+        for key, st in self._listing(prefix):
+            yield ObjectInfo(key, st.st_size, st.st_mtime)
+
+    def _listing(self, prefix):
+        """(key, stat) for list() and scan(): one lstat each, the target's stat for a link."""
         rel = prefix.rstrip("/")
         try:
             if rel:
@@ -587,7 +596,15 @@ class LocalBackend(Backend):
                         continue
                     if name in links and not self.exists(key):
                         continue
-                    yield key
+                    try:
+                        if name in links:  # a link inside the root: the size of what it leads to
+                            fd, _, st = self._lstat_regular(key)
+                            os.close(fd)
+                        else:
+                            st = os.stat(name, dir_fd=_dir_fd, follow_symlinks=False)
+                    except (OSError, DogestryError):
+                        continue  # gone since the scan
+                    yield key, st
         finally:
             os.close(base)
 

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import parse_qs, urlsplit
 
 from ..errors import NotFound, StorageError, UsageError
-from . import PRESIGN, WRITE, Backend, check_key, too_large
+from . import PRESIGN, WRITE, Backend, ObjectInfo, check_key, too_large
 from .retry import TransientError, retrying
 
 # Memory is bounded by these: about (UPLOAD_PARALLEL + 1) x PART_SIZE per upload and
@@ -276,13 +276,17 @@ class S3Backend(Backend):
                 os.unlink(path)
 
     def list(self, prefix=""):
+        for info in self.scan(prefix):
+            yield info.key
+
+    def scan(self, prefix=""):
         paginator = self.client.get_paginator("list_objects_v2")
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
             for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix + prefix):
                 for item in page.get("Contents") or []:
-                    yield item["Key"][len(self.prefix):]
+                    yield ObjectInfo(item["Key"][len(self.prefix):], item["Size"], item["LastModified"].timestamp())
         except (ClientError, BotoCoreError) as err:
             raise self._fail(err, "cannot list") from None
 
