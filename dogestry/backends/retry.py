@@ -1,9 +1,11 @@
 """One retry policy for every network backend.
 
-A backend turns a failure that may pass by itself (throttling, a 5xx, a connection reset
-or a body cut short) into TransientError; anything else (not found, denied, a bad request)
-is permanent and raised at once. retrying() tries again with exponential backoff and
-jitter, and gives up with the last error's message once its attempts are spent.
+A backend turns a failure that may pass by itself (throttling, a 5xx, a connection reset,
+a timeout or a body cut short) into TransientError; anything else (not found, denied, a
+bad request) is permanent and raised at once. retrying() tries again with exponential
+backoff and jitter, and gives up with the last error's message once its attempts are
+spent or, with a deadline, once that many seconds passed without success (a stalled
+server: each attempt is bounded by the backend's own socket timeouts).
 """
 
 import random
@@ -25,14 +27,24 @@ def backoff(attempt):
     return min(BASE_DELAY * 2 ** attempt, MAX_DELAY) * (0.5 + random.random() / 2)
 
 
-def retrying(fn, attempts=ATTEMPTS, on_retry=None):
-    """fn() until it returns; TransientError is retried, every other error is final."""
-    for attempt in range(attempts):
+def retrying(fn, attempts=ATTEMPTS, on_retry=None, deadline=None):
+    """fn() until it returns; TransientError is retried, every other error is final.
+
+    on_retry(err, attempt, seconds_waited) is told before each new attempt.
+    """
+    started = time.monotonic()
+    attempt = 0
+    while True:
         try:
             return fn()
         except TransientError as err:
-            if attempt == attempts - 1:
-                raise StorageError(f"{err} (gave up after {attempts} attempts)") from None
+            waited = time.monotonic() - started
+            delay = backoff(attempt)
+            if deadline is not None and waited + delay > deadline:
+                raise StorageError(f"{err} (gave up after {waited:.0f} s without progress)") from None
+            if attempt >= attempts - 1:
+                raise StorageError(f"{err} (gave up after {attempt + 1} attempts)") from None
             if on_retry is not None:
-                on_retry(err, attempt)
-            time.sleep(backoff(attempt))
+                on_retry(err, attempt, waited)
+            time.sleep(delay)
+            attempt += 1

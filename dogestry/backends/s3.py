@@ -12,6 +12,7 @@ imported only when an s3:// remote is used.
 import os
 import stat
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import parse_qs, urlsplit
 
@@ -25,8 +26,13 @@ PART_SIZE = 8 << 20       # multipart part size; S3's minimum is 5 MiB
 UPLOAD_PARALLEL = 3       # parts in flight per upload
 RANGE_SIZE = 4 << 20      # ranged GET size
 DOWNLOAD_PARALLEL = 4     # ranges in flight per download
-MAX_ATTEMPTS = 5          # botocore's standard retry mode: throttling, 5xx, resets
+MAX_ATTEMPTS = 5          # attempts per request (retry.retrying): throttling, 5xx, resets, timeouts
+STALL_TIMEOUT = 120       # seconds without progress before giving up (stall-timeout)
+STALE_UPLOAD = 3600       # an unfinished multipart upload this old was abandoned (a killed push)
 _OPTIONS = {"region", "endpoint", "addressing", "checksums", "profile"}
+_TRANSIENT_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestTimeoutException",
+                    "InternalError", "ServiceUnavailable", "TooManyRequests", "RequestLimitExceeded",
+                    "BandwidthLimitExceeded", "EC2ThrottledException"}
 
 
 def parse_s3_url(url):
@@ -45,7 +51,36 @@ def parse_s3_url(url):
         raise UsageError("addressing= takes path, virtual or auto")
     if query.get("checksums", "when_required") not in ("when_required", "when_supported"):
         raise UsageError("checksums= takes when_required or when_supported")
+    if "endpoint" in query:
+        check_endpoint(query["endpoint"], "the endpoint= option")
     return bucket, prefix, query
+
+
+def check_endpoint(endpoint, where):
+    """An S3 endpoint is http(s)://host[:port][/path]; anything else is a usage error, said now."""
+    parts = urlsplit(endpoint)
+    try:
+        parts.port  # a port that is not a number raises here
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UsageError(f"{where} {endpoint!r} is not an S3 endpoint URL; write http(s)://HOST[:PORT]")
+    return endpoint
+
+
+def stall_timeout(config, environ=os.environ):
+    """Seconds without progress before a network transfer gives up: DOGESTRY_STALL_TIMEOUT,
+    else [dogestry] stall-timeout, else STALL_TIMEOUT (environment beats config file)."""
+    text = environ.get("DOGESTRY_STALL_TIMEOUT") or (config.get("dogestry", "stall-timeout") if config else None)
+    if text is None:
+        return STALL_TIMEOUT
+    try:
+        value = float(text)
+        if not 1 <= value <= 86400:
+            raise ValueError
+    except ValueError:
+        raise UsageError(f"stall-timeout {text!r} is not a number of seconds between 1 and 86400") from None
+    return value
 
 
 def _legacy_or_config_credentials(config, warn):
@@ -89,6 +124,11 @@ class S3Backend(Backend):
         self._lock = threading.Lock()
         self.endpoint = (self.options.get("endpoint") or os.environ.get("AWS_ENDPOINT_URL_S3")
                          or os.environ.get("AWS_ENDPOINT_URL") or (config.get("s3", "endpoint") if config else None))
+        if self.endpoint:
+            check_endpoint(self.endpoint, "the S3 endpoint")
+        self.stall_timeout = stall_timeout(config)
+        self._cleaned = False
+        self._last_notice = 0.0
 
     def location(self):
         where = f"s3://{self.bucket}/{self.prefix}"
@@ -120,8 +160,11 @@ class S3Backend(Backend):
         self.region = region
         return session.client("s3", endpoint_url=self.endpoint, config=BotoConfig(
             region_name=region, signature_version="s3v4", s3={"addressing_style": addressing},
-            retries={"max_attempts": MAX_ATTEMPTS, "mode": "standard"},
-            max_pool_connections=4 * max(UPLOAD_PARALLEL, DOWNLOAD_PARALLEL), connect_timeout=10, read_timeout=120,
+            # Retries are ours (retry.retrying), so each one is bounded and said on stderr; the
+            # socket timeouts bound one attempt, so a stalled server costs about stall-timeout.
+            retries={"max_attempts": 1, "mode": "standard"},
+            max_pool_connections=4 * max(UPLOAD_PARALLEL, DOWNLOAD_PARALLEL),
+            connect_timeout=min(10, self.stall_timeout / 4), read_timeout=min(30, self.stall_timeout / 4),
             request_checksum_calculation=checksums, response_checksum_validation=checksums))
 
     def _discover_region(self, session, custom):
@@ -168,38 +211,69 @@ class S3Backend(Backend):
             return StorageError(f"{what}: S3 error {code or _status(err)} on {where}")
         return StorageError(f"{what}: {type(err).__name__} talking to S3 at {self.endpoint or 'AWS'}")
 
+    def _classify(self, err, what, kwargs):
+        """The exception to raise for a botocore error: NotFound, TransientError or permanent."""
+        from botocore.exceptions import (ClientError, ConnectionClosedError, ConnectionError as BotoConnectionError,
+                                         EndpointConnectionError, HTTPClientError, IncompleteReadError, ReadTimeoutError,
+                                         ResponseStreamingError)
+
+        if isinstance(err, ClientError):
+            code, status = _error_code(err), _status(err)
+            if code in ("NoSuchKey", "404", "NotFound") and "Key" in kwargs:
+                return NotFound(f"{kwargs['Key'][len(self.prefix):]} not found in {self.location()}")
+            if code in _TRANSIENT_CODES or (status or 0) >= 500 or status == 429:
+                return TransientError(f"{what}: S3 at {self.endpoint or 'AWS'} answered {code or status}")
+            return self._fail(err, what)
+        if isinstance(err, EndpointConnectionError):
+            return TransientError(f"{what}: cannot reach the S3 endpoint {self.endpoint or 'of AWS'}; check the "
+                                  "endpoint= option, AWS_ENDPOINT_URL and the network")
+        if isinstance(err, (BotoConnectionError, HTTPClientError, ReadTimeoutError, ConnectionClosedError,
+                            IncompleteReadError, ResponseStreamingError, ConnectionError, TimeoutError)):
+            return TransientError(f"{what}: no answer from S3 at {self.endpoint or 'AWS'} "
+                                  f"({type(err).__name__})")
+        return self._fail(err, what)
+
+    def _waiting(self, err, attempt, waited):
+        """Say on stderr what we are waiting for (at most every 10 s), so a stall is never silent."""
+        now = time.monotonic()
+        if waited >= 5 and now - self._last_notice >= 10:  # quick failures stay one line
+            self._last_notice = now
+            self._warn(f"dogestry: {err}; retrying (waited {waited:.0f} s, giving up after "
+                       f"{self.stall_timeout:.0f} s without progress)")
+
+    def _retrying(self, attempt):
+        return retrying(attempt, attempts=MAX_ATTEMPTS, on_retry=self._waiting, deadline=self.stall_timeout)
+
     def _call(self, what, fn, **kwargs):
         from botocore.exceptions import BotoCoreError, ClientError
 
-        try:
-            return fn(Bucket=self.bucket, **kwargs)
-        except ClientError as err:
-            if _error_code(err) in ("NoSuchKey", "404", "NotFound") and "Key" in kwargs:
-                raise NotFound(f"{kwargs['Key'][len(self.prefix):]} not found in {self.location()}") from None
-            raise self._fail(err, what) from None
-        except BotoCoreError as err:
-            raise self._fail(err, what) from None
+        def attempt():
+            try:
+                return fn(Bucket=self.bucket, **kwargs)
+            except (ClientError, BotoCoreError, ConnectionError, TimeoutError) as err:
+                raise self._classify(err, what, kwargs) from None
+
+        return self._retrying(attempt)
 
     # -- the backend contract ---------------------------------------------------------
     def get(self, key, limit=None):
         return self._read(self._key(key), limit=limit)
 
     def _read(self, full, start=None, end=None, limit=None):
-        """GET an object or a range, retrying when the body breaks off mid-transfer.
-
-        botocore retries a failed request, but not a response body that is cut short
-        after the headers arrived; that is retried here (retry.retrying), the range alone.
-        """
-        from botocore.exceptions import ConnectionClosedError, IncompleteReadError, ReadTimeoutError, \
-            ResponseStreamingError
+        """GET an object or a range; a failed request or a body cut short is retried whole."""
+        from botocore.exceptions import BotoCoreError, ClientError, IncompleteReadError
 
         key = full[len(self.prefix):]
         kwargs = {"Key": full}
         if start is not None:
             kwargs["Range"] = f"bytes={start}-{end - 1}"
+        what = f"cannot read {key}"
 
         def attempt():
-            response = self._call(f"cannot read {key}", self.client.get_object, **kwargs)
+            try:
+                response = self.client.get_object(Bucket=self.bucket, **kwargs)
+            except (ClientError, BotoCoreError, ConnectionError, TimeoutError) as err:
+                raise self._classify(err, what, kwargs) from None
             body = response["Body"]
             try:
                 if limit is not None and response.get("ContentLength", 0) > limit:
@@ -208,14 +282,12 @@ class S3Backend(Backend):
                 if start is not None and len(data) != end - start:
                     raise IncompleteReadError(actual_bytes=len(data), expected_bytes=end - start)
                 return data
-            except (IncompleteReadError, ResponseStreamingError, ConnectionClosedError, ReadTimeoutError,
-                    ConnectionError) as err:
-                raise TransientError(f"cannot read {key}: the transfer from S3 kept breaking off "
-                                     f"({type(err).__name__})") from None
+            except (BotoCoreError, ConnectionError, TimeoutError) as err:
+                raise self._classify(err, what, kwargs) from None
             finally:
                 body.close()
 
-        return retrying(attempt, attempts=MAX_ATTEMPTS)
+        return self._retrying(attempt)
 
     def size(self, key):
         return self._call(f"cannot stat {key}", self.client.head_object, Key=self._key(key))["ContentLength"]
@@ -239,21 +311,32 @@ class S3Backend(Backend):
         return self._put_object(full, data, kwargs, key)
 
     def _put_object(self, full, data, kwargs, key):
+        return self._conditional(f"cannot write {key}", self.client.put_object, kwargs, Key=full, Body=data)
+
+    def _conditional(self, what, fn, condition, **kwargs):
+        """A write that may carry If-None-Match: True when it published, False when the key was
+        there first (412: content-addressed, so the same bytes). A store without conditional
+        writes (NotImplemented) gets the plain write: the caller checked existence just before."""
         from botocore.exceptions import BotoCoreError, ClientError
 
-        try:
-            self.client.put_object(Bucket=self.bucket, Key=full, Body=data, **kwargs)
-            return True
-        except ClientError as err:
-            code = _error_code(err)
-            if code in ("PreconditionFailed", "ConditionalRequestConflict") or _status(err) == 412:
-                return False  # someone published it first: content-addressed, so the same bytes
-            if code == "NotImplemented" and kwargs:
-                # A store without conditional writes: we checked existence just before.
-                return self._put_object(full, data, {}, key)
-            raise self._fail(err, f"cannot write {key}") from None
-        except BotoCoreError as err:
-            raise self._fail(err, f"cannot write {key}") from None
+        state = {"condition": dict(condition)}
+
+        def attempt():
+            try:
+                fn(Bucket=self.bucket, **kwargs, **state["condition"])
+                return True
+            except ClientError as err:
+                code = _error_code(err)
+                if code in ("PreconditionFailed", "ConditionalRequestConflict") or _status(err) == 412:
+                    return False
+                if code == "NotImplemented" and state["condition"]:
+                    state["condition"] = {}
+                    return attempt()
+                raise self._classify(err, what, kwargs) from None
+            except (BotoCoreError, ConnectionError, TimeoutError) as err:
+                raise self._classify(err, what, kwargs) from None
+
+        return self._retrying(attempt)
 
     def writer(self, key, overwrite=False):
         return _MultipartWriter(self, key, overwrite)
@@ -361,24 +444,13 @@ class _MultipartWriter:
             self.pool.shutdown(wait=True)
 
     def _complete(self, parts):
-        from botocore.exceptions import ClientError
-
-        kwargs = {} if self.overwrite else {"IfNoneMatch": "*"}
-        client = self.backend.client
-        try:
-            client.complete_multipart_upload(Bucket=self.backend.bucket, Key=self.full, UploadId=self.upload_id,
-                                             MultipartUpload={"Parts": parts}, **kwargs)
-            return True
-        except ClientError as err:
-            code = _error_code(err)
-            if code in ("PreconditionFailed", "ConditionalRequestConflict") or _status(err) == 412:
-                self.abort()
-                return False
-            if code == "NotImplemented" and kwargs:
-                self.backend._call(f"cannot write {self.key}", client.complete_multipart_upload, Key=self.full,
-                                   UploadId=self.upload_id, MultipartUpload={"Parts": parts})
-                return True
-            raise self.backend._fail(err, f"cannot write {self.key}") from None
+        condition = {} if self.overwrite else {"IfNoneMatch": "*"}
+        published = self.backend._conditional(f"cannot write {self.key}", self.backend.client.complete_multipart_upload,
+                                               condition, Key=self.full, UploadId=self.upload_id,
+                                               MultipartUpload={"Parts": parts})
+        if not published:
+            self.abort()
+        return published
 
     def abort(self):
         if self.upload_id is None:
