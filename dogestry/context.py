@@ -32,10 +32,13 @@ class Context:
             self._engine = Engine(self.docker_host)
         return self._engine
 
-    def repo(self, remote):
-        """A Repository for a REMOTE argument: config alias, path or URL."""
+    def repo(self, remote, create=False):
+        """A Repository for a REMOTE argument: config alias, path or URL. Reading one that
+        cannot exist (a local path with no directory) is NotFound unless create is set, as
+        for the commands that write (push, save-to-repo, update-ref, sync-objects' DST)."""
         url = self.config.remote_url(remote)
-        return Repository(open_backend(url, temp_dir=self.config.temp_dir(), config=self.config), codec=self.codec)
+        backend = open_backend(url, temp_dir=self.config.temp_dir(), config=self.config)
+        return Repository(backend, codec=self.codec, create=create)
 
     def start_progress(self, verb):
         """A Progress line on stderr: drawn only on a terminal and without -q."""

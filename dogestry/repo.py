@@ -95,9 +95,10 @@ def _marker(version):
 
 
 class Repository:
-    def __init__(self, backend, codec="lz4"):
+    def __init__(self, backend, codec="lz4", create=True):
         self.backend = backend
         self.codec = codec
+        self.create = create  # a writer may start a repository where there is none
         self._format_checked = False
         self._writable = False
         self.version = FORMAT_VERSION  # of the repository as read; check_format sets it
@@ -136,6 +137,10 @@ class Repository:
         if self._format_checked:
             return
         version = self.format_version()
+        if version is None and not self.create:
+            why = self.backend.missing()
+            if why:
+                raise NotFound(f"there is no repository at {self.location} ({why})")
         if version is not None and version not in READABLE_VERSIONS:
             raise DogestryError(f"{self.location} uses repository format version {version}; this dogestry reads "
                                 f"versions {' and '.join(map(str, READABLE_VERSIONS))}: upgrade dogestry")
@@ -145,6 +150,7 @@ class Repository:
     def _prepare_write(self):
         if self._writable:
             return
+        self.create = True
         self.check_format()
         if self.version < FORMAT_VERSION:
             self.upgrade_refs()

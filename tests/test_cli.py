@@ -41,6 +41,7 @@ def test_usage_errors_exit_2_with_one_line():
 
 def test_failures_exit_1_and_debug_shows_traceback(tmp_path):
     repo = str(tmp_path / "empty")
+    os.mkdir(repo)
     out = dogestry("resolve-ref", repo, "app:1", check=False)
     assert out.returncode == 1 and out.stderr.decode().strip() == f"dogestry: app:1 not found in {repo}"
     out = dogestry("--debug", "resolve-ref", repo, "app:1", check=False)
@@ -85,6 +86,7 @@ def test_repository_of_an_unknown_format_version_is_refused(tmp_path):
 
 def test_global_options_work_after_the_command_and_errors_have_one_prefix(tmp_path):
     repo = str(tmp_path / "empty")
+    os.mkdir(repo)
     out = dogestry("resolve-ref", repo, "app:1", "-v", "--config", "/dev/null", check=False)
     assert out.returncode == 1 and out.stderr.decode().strip() == f"dogestry: app:1 not found in {repo}"
     out = dogestry("pull", repo, "app:1", "--bogus", check=False)
@@ -126,3 +128,12 @@ def test_records_stream_through_a_plumbing_command(tmp_path):
             assert proc.wait(timeout=30) == 0
         finally:
             proc.kill()
+
+
+def test_a_missing_local_repository_is_named_as_missing(tmp_path):
+    missing = str(tmp_path / "nonexistent")
+    for args in (["pull", missing, "x"], ["remote", missing], ["show-ref", missing], ["resolve-ref", missing, "x"]):
+        out = dogestry(*args, check=False)
+        assert out.returncode == 1, args
+        assert out.stderr.decode().strip() == f"dogestry: there is no repository at {missing} (no such directory)"
+    assert not os.path.exists(missing)  # reading never creates it

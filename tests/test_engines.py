@@ -84,7 +84,7 @@ def test_second_push_of_unchanged_image_makes_no_save(engine, unique, tmp_path):
     started = time.time()
     dogestry("push", repo, f"t{unique}/app:again", env=engine.env())
     assert engine.save_events(started) == []
-    assert (tmp_path / "repo" / "repositories" / f"t{unique}" / "app" / "again").read_text().strip() == _ids(second)[0]
+    assert (tmp_path / "repo" / "repositories" / f"t{unique}" / "app" / "_tags" / "again").read_text().strip() == _ids(second)[0]
 
 
 def _tar_members(data):

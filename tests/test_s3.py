@@ -167,3 +167,89 @@ def test_s3_url_options_are_checked():
     assert out.returncode == 2 and "regoin" in out.stderr.decode()
     out = dogestry("remote", "s3:///p/", check=False)
     assert out.returncode == 2 and "no bucket" in out.stderr.decode()
+
+
+def test_a_stalled_server_is_said_and_given_up_on_within_the_stall_timeout():
+    """A server that accepts and never answers: stderr says what dogestry waits for, and it
+    gives up after about DOGESTRY_STALL_TIMEOUT seconds, not minutes later."""
+    import socket
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    held = []
+    stop = threading.Event()
+
+    def accept():
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(listener.accept()[0])  # never answered
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        env = dict(os.environ, AWS_ACCESS_KEY_ID="k", AWS_SECRET_ACCESS_KEY="s", DOGESTRY_STALL_TIMEOUT="8")
+        url = f"s3://bucket/p/?endpoint=http://127.0.0.1:{listener.getsockname()[1]}"
+        started = time.monotonic()
+        out = dogestry("show-ref", url, env=env, check=False)
+        elapsed = time.monotonic() - started
+    finally:
+        stop.set()
+        thread.join()
+        for conn in held:
+            conn.close()
+        listener.close()
+    err = out.stderr.decode()
+    assert out.returncode == 1 and elapsed < 20, (elapsed, err)
+    assert "retrying (waited" in err and "without progress" in err.splitlines()[-1], err
+    assert "internal error" not in err and "dogestry.json" in err.splitlines()[-1]
+
+
+def test_an_endpoint_that_is_not_a_url_is_a_usage_error():
+    for url in ("s3://b/p/?endpoint=notaurl", "s3://b/p/?endpoint=http://", "s3://b/p/?endpoint=http://h:port"):
+        out = dogestry("remote", url, check=False)
+        assert out.returncode == 2 and "endpoint" in out.stderr.decode() and len(out.stderr.splitlines()) == 1
+    out = dogestry("remote", "s3://b/p/", env=dict(os.environ, AWS_ENDPOINT_URL="ftp://x"), check=False)
+    assert out.returncode == 2 and "ftp://x" in out.stderr.decode()
+
+
+def test_leftovers_of_killed_pushes_are_reported_and_cleaned(seaweed, tmp_path):
+    """A spool file in the temp dir no process holds and an unfinished multipart upload: both
+    shown by `remote`; the next write removes them once they are stale (here: aged by hand)."""
+    import fcntl
+    import subprocess
+
+    from dogestry.backends import open_backend
+
+    prefix = _prefix()
+    env = dict(seaweed.env(), TMPDIR=str(tmp_path))
+    url = seaweed.url(prefix)
+    dead = tmp_path / "dogestry-spool-dead"
+    dead.write_bytes(b"x" * 1000)
+    os.utime(dead, (time.time() - 7200, time.time() - 7200))
+    live = tmp_path / "dogestry-spool-live"
+    live.write_bytes(b"y")
+    holder = subprocess.Popen(["flock", str(live), "sleep", "60"])
+    try:
+        time.sleep(0.5)
+        client = seaweed.client()
+        upload = client.create_multipart_upload(Bucket="dogestry-test", Key=f"{prefix}/layers/sha256/abandoned")
+        out = dogestry("remote", url, env=env).stdout.decode()
+        assert "leftovers: 2" in out and str(dead) in out and str(live) not in out and "multipart" in out, out
+        for variable in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+            os.environ[variable] = env[variable]
+        backend = open_backend(url)
+        backend.temp_dir = str(tmp_path)
+        count, size = backend.clean_leftovers(min_age=0)  # as a write does for those over an hour old
+        assert count == 2 and size == 1000
+        assert not dead.exists() and live.exists()
+        uploads = client.list_multipart_uploads(Bucket="dogestry-test", Prefix=f"{prefix}/").get("Uploads") or []
+        assert upload["UploadId"] not in [u["UploadId"] for u in uploads]
+    finally:
+        holder.kill()
+        for variable in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+            os.environ.pop(variable, None)

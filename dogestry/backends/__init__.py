@@ -20,12 +20,14 @@ A network backend raises retry.TransientError for what may pass (throttling, 5xx
 and lets retry.retrying() decide when to give up; everything else is permanent.
 """
 
+import errno
 import os
 import re
+import stat
 import tempfile
 from urllib.parse import urlsplit
 
-from ..errors import NotFound, UsageError
+from ..errors import NotFound, StorageError, UsageError
 
 _KEY_RE = re.compile(r"^[A-Za-z0-9_.:@+\[\]-]+(?:/[A-Za-z0-9_.:@+\[\]-]+)*$")
 PRESIGN, WRITE = "presign", "write"
@@ -101,9 +103,56 @@ class Backend:
     def spool(self):
         """A temporary file for bytes whose key is only known once they are all read.
 
-        Local directories spool inside the repository so `put_file` is a rename.
+        Local directories spool inside the repository so `put_file` is a rename; others in
+        the temp directory, locked (flock) while open so a later run tells a live spool
+        from one a killed process left (leftovers).
         """
-        return tempfile.NamedTemporaryFile(dir=self.temp_dir, prefix="dogestry-", delete=False)
+        import fcntl
+
+        try:
+            spool = tempfile.NamedTemporaryFile(dir=self.temp_dir, prefix=SPOOL_PREFIX, delete=False)
+        except OSError as err:
+            raise StorageError(f"cannot create a spool file in {self.temp_dir or tempfile.gettempdir()}: "
+                               f"{err.strerror or err}") from None
+        fcntl.flock(spool.fileno(), fcntl.LOCK_EX)
+        return _SpoolFile(spool)
+
+    def leftovers(self):
+        """(what, size, age in seconds) of temporaries killed writers left: spool files in the
+        temp directory that no process holds."""
+        import fcntl
+        import glob
+        import time
+
+        now = time.time()
+        for path in glob.glob(os.path.join(self.temp_dir or tempfile.gettempdir(), SPOOL_PREFIX + "*")):
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+            except OSError:
+                continue
+            try:
+                st = os.fstat(fd)
+                if not stat.S_ISREG(st.st_mode):
+                    continue
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    continue  # a live writer holds it
+                yield path, st.st_size, max(0.0, now - st.st_mtime)
+            finally:
+                os.close(fd)
+
+    def clean_leftovers(self, min_age=3600):
+        """Remove leftovers older than min_age seconds; return (count, bytes)."""
+        count = size = 0
+        for path, length, age in list(self.leftovers()):
+            if age >= min_age:
+                try:
+                    os.unlink(path)
+                except OSError:
+                    continue
+                count, size = count + 1, size + length
+        return count, size
 
     def presign(self, key, expires):
         """A URL that GETs key for `expires` seconds, with no credentials (PRESIGN only)."""
@@ -111,6 +160,11 @@ class Backend:
 
     def location(self):
         return self.url
+
+    def missing(self):
+        """Why there can be no repository here at all (a local path that is no directory), or
+        None. An empty location that exists is an empty repository."""
+        return None
 
     def close(self):
         pass
@@ -121,6 +175,40 @@ def too_large(key, where, limit):
 
     return CorruptObject(f"{key} in {where} is larger than {limit} bytes, more than such an object can be: "
                          "the repository is damaged")
+
+
+SPOOL_PREFIX = "dogestry-spool-"
+
+
+class _SpoolFile:
+    """A spool file whose lock outlives close(): released when the file is published or removed."""
+
+    def __init__(self, file):
+        self._file, self.name = file, file.name
+        self._lock_fd = os.dup(file.fileno())
+
+    def write(self, data):
+        try:
+            return self._file.write(data)
+        except OSError as err:
+            if err.errno == errno.ENOSPC:
+                raise StorageError(f"no space left in the temp directory {os.path.dirname(self.name)} while "
+                                   f"spooling a layer to {self.name}; set [dogestry] temp-dir") from None
+            raise StorageError(f"cannot write the spool file {self.name}: {err.strerror or err}") from None
+
+    def close(self):
+        try:
+            self._file.close()
+        except OSError:
+            pass  # the write that failed said why
+
+    def __del__(self):
+        if getattr(self, "_lock_fd", None) is not None:
+            try:
+                os.close(self._lock_fd)
+            except OSError:
+                pass
+            self._lock_fd = None
 
 
 class ObjectInfo:

@@ -78,6 +78,11 @@ class LocalBackend(Backend):
         # without put_file releases its lock when it is collected.
         self._live = weakref.WeakValueDictionary()
 
+    def missing(self):
+        if os.path.isdir(self.root):
+            return None
+        return "a file, not a directory" if os.path.lexists(self.root) else "no such directory"
+
     def location(self):
         return self.root
 

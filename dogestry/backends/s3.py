@@ -16,7 +16,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import parse_qs, urlsplit
 
-from ..errors import NotFound, StorageError, UsageError
+from ..errors import DogestryError, NotFound, StorageError, UsageError
 from . import PRESIGN, WRITE, Backend, ObjectInfo, check_key, too_large
 from .retry import TransientError, retrying
 
@@ -236,7 +236,8 @@ class S3Backend(Backend):
     def _waiting(self, err, attempt, waited):
         """Say on stderr what we are waiting for (at most every 10 s), so a stall is never silent."""
         now = time.monotonic()
-        if waited >= 5 and now - self._last_notice >= 10:  # quick failures stay one line
+        # Quick failures (a refused connection, retried a few times) stay one line.
+        if waited >= min(10, self.stall_timeout / 4) and now - self._last_notice >= 10:
             self._last_notice = now
             self._warn(f"dogestry: {err}; retrying (waited {waited:.0f} s, giving up after "
                        f"{self.stall_timeout:.0f} s without progress)")
@@ -303,7 +304,56 @@ class S3Backend(Backend):
         except NotFound:
             return False
 
+    # -- leftovers of killed writers --------------------------------------------------
+    def _first_write(self):
+        """Once per run, before writing: abort multipart uploads and remove spool files that
+        killed pushes left (stale by age; S3 cannot tell a live upload from a dead one)."""
+        if self._cleaned:
+            return
+        self._cleaned = True
+        try:
+            self.clean_leftovers()
+        except (DogestryError, OSError):
+            pass  # housekeeping must not fail the push that follows
+
+    def _uploads(self):
+        """(key, upload id, age) of unfinished multipart uploads under this prefix."""
+        paginator = self.client.get_paginator("list_multipart_uploads")
+        now = time.time()
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix):
+            for upload in page.get("Uploads") or []:
+                yield upload["Key"], upload["UploadId"], max(0.0, now - upload["Initiated"].timestamp())
+
+    def leftovers(self):
+        yield from super().leftovers()
+        try:
+            for key, _, age in self._uploads():
+                yield f"s3://{self.bucket}/{key} (unfinished multipart upload)", None, age
+        except Exception as err:  # noqa: BLE001 - a store without the listing has none to report
+            if "NotImplemented" not in str(err):
+                raise self._classify(err, "cannot list multipart uploads", {}) from None
+
+    def clean_leftovers(self, min_age=STALE_UPLOAD):
+        count, size = super().clean_leftovers(min_age)
+        try:
+            uploads = list(self._uploads())
+        except Exception:  # noqa: BLE001 - stores without ListMultipartUploads have nothing to clean
+            return count, size
+        for key, upload_id, age in uploads:
+            if age >= min_age:
+                try:
+                    self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+                    count += 1
+                except Exception:  # noqa: BLE001 - best effort; a lifecycle rule reaps the rest
+                    continue
+        return count, size
+
+    def spool(self):
+        self._first_write()
+        return super().spool()
+
     def put(self, key, data, overwrite=False):
+        self._first_write()
         full = self._key(key)
         if not overwrite and self.exists(key):
             return False
@@ -339,6 +389,7 @@ class S3Backend(Backend):
         return self._retrying(attempt)
 
     def writer(self, key, overwrite=False):
+        self._first_write()
         return _MultipartWriter(self, key, overwrite)
 
     def put_file(self, key, path, overwrite=False):

@@ -19,7 +19,7 @@ def add_arguments(p):
 
 
 def run(ctx, args):
-    repo = ctx.repo(args.remote)
+    repo = ctx.repo(args.remote, create=True)
     started = time.monotonic()
     ctx.start_progress("push")
     counts = Counts()

@@ -35,7 +35,7 @@ def _from_input(ctx, repo, path):
 
 
 def run(ctx, args):
-    repo = ctx.repo(args.remote)
+    repo = ctx.repo(args.remote, create=True)
     ctx.start_progress("save")
     if args.input:
         if args.images:

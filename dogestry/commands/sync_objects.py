@@ -29,7 +29,7 @@ def add_arguments(p):
 def run(ctx, args):
     if not args.image and not args.stdin:
         raise UsageError("give --image ID or --stdin with object records")
-    src, dst = ctx.repo(args.src), ctx.repo(args.dst)
+    src, dst = ctx.repo(args.src), ctx.repo(args.dst, create=True)
     objects = []
     for image in args.image:
         objects += closure(src, src.resolve(image)[0])

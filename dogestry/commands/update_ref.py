@@ -22,7 +22,7 @@ def add_arguments(p):
 
 
 def run(ctx, args):
-    repo = ctx.repo(args.remote)
+    repo = ctx.repo(args.remote, create=True)
     pairs = []
     if args.ref or args.image_id:
         if not (args.ref and args.image_id):
