@@ -37,7 +37,7 @@ from .repo import MAX_DESCRIPTOR, image_key, image_keys, layer_descriptor_key, l
 
 LEASE_RENEW = 30       # seconds between a lease's rewrites
 LEASE_TIMEOUT = 300    # a lease not rewritten for this long belongs to a dead writer
-LEASE_SLACK = 10       # one storage clock, but S3 keeps whole seconds and a multipart object its start
+LEASE_SLACK = 2        # one storage clock, but S3 keeps whole seconds (and a multipart object its start)
 PARALLEL = 16          # reads in flight for list and gc (the S3 backend pools 16 connections)
 MAX_SHARE_INDEX = 64 << 20
 
@@ -95,7 +95,7 @@ def list_tags(repo, patterns=()):
             image = repo.get_image(image_id)
         except (NotFound, CorruptObject):
             return None
-        return image.stored_size + image.config_size
+        return image.stored_size  # layers as stored, and the config
 
     unique = sorted({i for i in ids if i})
     sizes = dict(zip(unique, _map(size_of, unique)))
@@ -221,9 +221,25 @@ def lease(repo, what="push"):
 
 def incomplete(repo, results):
     """The image ids among [(image_id, Ref or None)] whose objects are not all present: the
-    final check of a push, which a gc running beside it may have made fail."""
-    return [image_id for image_id in dict.fromkeys(i for i, _ in results)
-            if not repo.has_image(image_id) or repo.absent_keys(repo.get_image(image_id))]
+    final check of a push, which a gc running beside it may have made fail.
+
+    A layer descriptor whose data is gone is removed on the way (gc removes the descriptor
+    first, so this is a gc cut short, or damage), so that storing the image again, which
+    trusts descriptors, writes that layer again.
+    """
+    gone = []
+    for image_id in dict.fromkeys(i for i, _ in results):
+        if not repo.has_image(image_id):
+            gone.append(image_id)
+            continue
+        absent = repo.absent_keys(repo.get_image(image_id))
+        for key in absent:
+            found = object_of_key(key)
+            if found and found[0] == "layer" and layer_descriptor_key(found[1]) not in absent:
+                repo.delete_key(layer_descriptor_key(found[1]))
+        if absent:
+            gone.append(image_id)
+    return gone
 
 
 def _live_leases(repo, now):
