@@ -33,7 +33,7 @@ from contextlib import contextmanager
 
 from .errors import CorruptObject, DogestryError, NotFound, UsageError
 from .refs import parse_ref
-from .repo import MAX_DESCRIPTOR, image_key, image_keys, layer_descriptor_key, layer_key, lease_key, object_of_key
+from .repo import image_key, image_keys, layer_descriptor_key, layer_key, lease_key, object_of_key
 
 LEASE_RENEW = 30       # seconds between a lease's rewrites
 LEASE_TIMEOUT = 300    # a lease not rewritten for this long belongs to a dead writer
