@@ -10,6 +10,8 @@ place that knows it):
     images/sha256/<image-id-hex>.json  the image record: config and layer descriptors, base first
     repositories/<name>/_tags/<tag>    a ref: the image id and a newline (version 2)
     repositories/<name>/<tag>          the same in version 1, where app:sub and app/sub:1 collide
+    leases/<what>-<random>.json        a writer (or gc) at work: the gc protocol, operations.py
+    shares/<hex>.json                  a share index (sharing.py)
 
 Everything but refs is written once and named by content. Writers publish in the order
 layers, configs, image records, refs, so whatever a reader finds through a ref is complete.
@@ -88,6 +90,37 @@ def image_keys(image):
     for layer in image.layers:
         keys += [layer_key(layer.diff_id), layer_descriptor_key(layer.diff_id)]
     return keys + [config_key(image.id), image_key(image.id)]
+
+
+LEASES_PREFIX = "leases/"
+SHARES_PREFIX = "shares/"
+_HEX64 = frozenset("0123456789abcdef")
+
+
+def lease_key(name):
+    return f"{LEASES_PREFIX}{name}.json"
+
+
+def object_of_key(key):
+    """(kind, digest) for an object key: kind is layer, descriptor, config or image; else None.
+
+    Refs, leases, shares and the marker are not objects; neither is a key no writer makes.
+    """
+    parts = key.split("/")
+    if len(parts) != 3 or parts[1] != "sha256":
+        return None
+    kind, name = parts[0], parts[2]
+    if kind == "layers":
+        kind, name = ("descriptor", name[:-5]) if name.endswith(".json") else ("layer", name)
+    elif kind == "configs":
+        kind = "config"
+    elif kind == "images" and name.endswith(".json"):
+        kind, name = "image", name[:-5]
+    else:
+        return None
+    if len(name) != 64 or not set(name) <= _HEX64:
+        return None
+    return kind, f"sha256:{name}"
 
 
 def _marker(version):
@@ -454,3 +487,54 @@ class Repository:
         if len(candidates) > 1:
             raise DogestryError(f"image id prefix {text} is ambiguous in {self.location}: {' '.join(candidates)}")
         return candidates[0], None
+
+    # -- operations (list, untag, gc, verify, leases: see operations.py) ----------------
+    def ref_infos(self):
+        """[(Ref, ObjectInfo)] for every ref, from one listing: ObjectInfo.mtime is its last write."""
+        self.check_format()
+        out = []
+        for info in self.backend.scan(REFS_PREFIX):
+            ref = ref_of_key(info.key, self.version)
+            if ref is not None:
+                out.append((ref, info))
+        return out
+
+    def delete_ref(self, ref):
+        """Remove a ref (its objects stay until gc)."""
+        self._prepare_write()
+        self.backend.delete(self.ref_key(ref))
+
+    def object_infos(self):
+        """[(kind, digest, ObjectInfo)] for every object (object_of_key), from one listing per kind."""
+        self.check_format()
+        out = []
+        for kind in KINDS:
+            for info in self.backend.scan(f"{kind}/"):
+                found = object_of_key(info.key)
+                if found is not None:
+                    out.append((*found, info))
+        return out
+
+    def lease_infos(self):
+        """[ObjectInfo] of the leases (push protection, see dogestry-repository(5))."""
+        return [info for info in self.backend.scan(LEASES_PREFIX) if info.key.endswith(".json")]
+
+    def share_infos(self):
+        return [info for info in self.backend.scan(SHARES_PREFIX) if info.key.endswith(".json")]
+
+    def get_small(self, key, limit=MAX_DESCRIPTOR):
+        """A lease or share index as bytes (size-capped: a repository is input)."""
+        return self.backend.get(key, limit=limit)
+
+    def put_lease(self, name, data):
+        self.backend.put(lease_key(name), data, overwrite=True)
+
+    def delete_key(self, key):
+        """Remove an object, lease or share index by key (gc; never a ref: see delete_ref)."""
+        if key.startswith(REFS_PREFIX) or key == FORMAT_KEY:
+            raise DogestryError(f"internal error: refusing to delete {key} as an object")
+        self.backend.delete(key)
+
+    def absent_keys(self, image):
+        """Every key of image (data too, not only descriptors) this repository lacks, in publish order."""
+        return [key for key in image_keys(image) if not self.backend.exists(key)]

@@ -22,6 +22,7 @@ from .digests import chain_ids, of_hash
 from .dockertar import NotATar, load_tar_chunks, read_save_stream
 from .errors import DogestryError, NotFound, UsageError
 from .image import Image
+from .operations import incomplete, lease
 from .pipeline import Stage
 from .refs import looks_like_id, parse_ref
 
@@ -266,7 +267,8 @@ def save_images(ctx, repo, names, counts=None):
         save_names = list(dict.fromkeys(str(ref) if ref else found.id for found, ref in wanted))
         if ctx.progress is not None:
             ctx.progress.set_total(sum(found.size for found, _ in wanted))
-        images = _export(ctx, repo, save_names, [found for found, _ in wanted], counts)
+        with lease(repo):  # before the first object: a gc beside us keeps what we write (operations.py)
+            images = _export(ctx, repo, save_names, [found for found, _ in wanted], counts)
         for index, (found, ref) in zip(to_save, wanted):
             results[index] = (_match(images, found, ref).id, ref)
     return results
@@ -281,8 +283,20 @@ def set_refs(ctx, repo, results):
 
 
 def push(ctx, repo, names, counts=None):
-    """save_images, then set_refs: what `save-to-repo | update-ref --stdin` does."""
+    """save_images, then set_refs: what `save-to-repo | update-ref --stdin` does.
+
+    Before any ref is written every object of the images is checked once more: a gc beside
+    us may have removed one we found present and reused (our lease covers only what we
+    wrote); such an image is stored again."""
     results = save_images(ctx, repo, names, counts)
+    for attempt in range(3):
+        gone = incomplete(repo, results)
+        if not gone:
+            break
+        if attempt == 2:
+            raise DogestryError(f"objects of image {gone[0]} keep vanishing from {repo.location} (a gc?); push again")
+        ctx.detail(f"objects of image {gone[0]} vanished from {repo.location} during the push; storing it again")
+        results = save_images(ctx, repo, names, counts)
     set_refs(ctx, repo, results)
     return results
 

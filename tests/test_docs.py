@@ -10,9 +10,10 @@ MAN = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 
 
 
 def _subparsers():
+    """name -> subparser of every command; aliases (argparse lists them too) share their command's page."""
     parser = build_parser()
     action = next(a for a in parser._actions if a.dest == "command")
-    return action.choices
+    return {c.name: action.choices[c.name] for c in COMMANDS}
 
 
 def _text(page):
@@ -32,6 +33,14 @@ def test_every_command_has_a_page_listing_its_options_and_arguments():
                 assert any(o in synopsis for o in action.option_strings), (name, action.option_strings)
             elif not action.option_strings:
                 assert action.metavar.replace("-", "") in synopsis.replace("-", ""), (name, action.metavar)
+
+
+def test_aliases_run_their_command_and_are_named_on_its_page():
+    choices = next(a for a in build_parser()._actions if a.dest == "command").choices
+    for command in COMMANDS:
+        for alias in command.aliases:
+            assert choices[alias] is choices[command.name]
+            assert f"dogestry {alias}" in _text(f"dogestry-{command.name}.1"), (command.name, alias)
 
 
 def test_every_page_has_the_standard_sections():

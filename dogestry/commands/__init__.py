@@ -19,9 +19,10 @@ PORCELAIN, PLUMBING = "porcelain", "plumbing"
 
 
 class Command:
-    def __init__(self, name, category, module, completers=None):
+    def __init__(self, name, category, module, completers=None, aliases=()):
         self.name, self.category, self.module_name = name, category, module
         self.completers = completers or {}
+        self.aliases = tuple(aliases)  # other words that run it (argparse aliases); its page is the name's
 
     @property
     def module(self):
@@ -46,6 +47,11 @@ COMMANDS = [
     Command("remote", PORCELAIN, "remote", _REMOTE),
     Command("share", PORCELAIN, "share", _REFS),
     Command("serve", PORCELAIN, "serve", _REMOTE),
+    Command("list", PORCELAIN, "list_tags", _REMOTE, aliases=["ls"]),
+    Command("tag", PORCELAIN, "tag", {"remote": remotes, "source": remote_refs}),
+    Command("untag", PORCELAIN, "untag", {"remote": remotes, "refs": remote_refs}, aliases=["rmtag"]),
+    Command("gc", PORCELAIN, "gc", _REMOTE),
+    Command("verify", PORCELAIN, "verify", _REFS, aliases=["fsck"]),
     Command("help", PORCELAIN, "help", {"topic": help_topics}),
     Command("completion", PORCELAIN, "completion"),
     Command("save-to-repo", PLUMBING, "save_to_repo", {"remote": remotes, "images": engine_images}),
@@ -56,7 +62,7 @@ COMMANDS = [
     Command("update-ref", PLUMBING, "update_ref", _REFS),
     Command("show-ref", PLUMBING, "show_ref", _REMOTE),
 ]
-BY_NAME = {c.name: c for c in COMMANDS}
+BY_NAME = {name: c for c in COMMANDS for name in (c.name, *c.aliases)}
 GLOBAL_WITH_VALUE = {"--config", "--docker-host"}
 # Section 5 pages `dogestry help TOPIC` shows besides the commands.
 TOPICS = {"repository": "dogestry-repository.5", "dogestry.cfg": "dogestry.cfg.5"}
@@ -100,6 +106,27 @@ def stdin_option(p, help_text):
     p.add_argument("--stdin", action="store_true", help=help_text)
 
 
+def lock_options(p):
+    """--lockfile and --lock-timeout, the same on every command that takes them (push, pull, untag, gc)."""
+    p.add_argument("--lockfile", metavar="PATH",
+                   help="run only while holding an exclusive lock on PATH (a local file): a second run waits")
+    p.add_argument("--lock-timeout", metavar="DURATION",
+                   help="give up waiting for --lockfile after DURATION: N[s|m|h|d] (default: wait)")
+
+
+def held_lock(ctx, args):
+    """The context manager that holds args.lockfile (nothing without one) for a command's run."""
+    from ..durations import parse_duration
+    from ..operations import lockfile
+
+    timeout = None
+    if args.lock_timeout is not None:
+        if not args.lockfile:
+            raise UsageError("--lock-timeout needs --lockfile")
+        timeout = parse_duration(args.lock_timeout, "--lock-timeout")
+    return lockfile(ctx, args.lockfile, timeout)
+
+
 def build_parser():
     parser = Parser(prog="dogestry", description="Ship Docker images through dumb storage, without a registry.",
                     epilog="Run 'dogestry help' for the commands by category.")
@@ -108,7 +135,8 @@ def build_parser():
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     for command in COMMANDS:
         module = command.module
-        p = sub.add_parser(command.name, help=module.SUMMARY, description=module.SUMMARY)
+        p = sub.add_parser(command.name, aliases=list(command.aliases), help=module.SUMMARY,
+                           description=module.SUMMARY)
         module.add_arguments(p)
         _global_options(p.add_argument_group("global options"), after_command=True)
         for action in p._actions:

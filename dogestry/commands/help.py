@@ -36,7 +36,8 @@ def _overview(out):
         out.write(f"\n{title}:\n")
         for command in COMMANDS:
             if command.category == category:
-                out.write(f"  {command.name:<16}{command.summary}\n")
+                also = f" (also: {', '.join(command.aliases)})" if command.aliases else ""
+                out.write(f"  {command.name:<16}{command.summary}{also}\n")
     out.write("\n'dogestry help COMMAND' shows a command's manual; 'dogestry help repository' the storage "
               "format, 'dogestry help dogestry.cfg' the config file.\n")
 
@@ -48,7 +49,7 @@ def run(ctx, args):
     if args.topic in TOPICS:
         page = man_page(TOPICS[args.topic])
     elif args.topic in BY_NAME:
-        page = man_page(f"dogestry-{args.topic}.1")
+        page = man_page(f"dogestry-{BY_NAME[args.topic].name}.1")  # an alias shows its command's page
     else:
         raise UsageError(f"no such command or topic {args.topic!r}; see 'dogestry help'")
     if page and shutil.which("man"):

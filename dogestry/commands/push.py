@@ -8,7 +8,7 @@ import time
 
 from ..records import write_ref_record
 from ..transfer import Counts, push
-from . import remote_argument
+from . import held_lock, lock_options, remote_argument
 
 SUMMARY = "push images (and their tags) to a remote"
 
@@ -16,6 +16,7 @@ SUMMARY = "push images (and their tags) to a remote"
 def add_arguments(p):
     remote_argument(p)
     p.add_argument("images", metavar="IMAGE", nargs="+", help="name[:tag] (tag defaults to latest) or image id")
+    lock_options(p)
 
 
 def run(ctx, args):
@@ -23,7 +24,8 @@ def run(ctx, args):
     started = time.monotonic()
     ctx.start_progress("push")
     counts = Counts()
-    results = push(ctx, repo, args.images, counts)
+    with held_lock(ctx, args):
+        results = push(ctx, repo, args.images, counts)
     ctx.info(f"pushed {len(results)} image(s) to {repo.location}: {counts.summary()} "
              f"in {time.monotonic() - started:.1f}s")
     for image_id, ref in results:

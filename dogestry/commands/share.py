@@ -1,13 +1,11 @@
 """share: one pre-signed URL through which hosts pull images with no credentials."""
 
-import re
-
+from ..durations import parse_duration
 from ..errors import UsageError
 from ..sharing import MAX_EXPIRES, share
 from . import remote_argument
 
 SUMMARY = "print one pre-signed URL that lets hosts pull images with no credentials"
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def add_arguments(p):
@@ -17,11 +15,8 @@ def add_arguments(p):
                    help="how long the URL works: N[s|m|h|d], at most 7d (default 7d)")
 
 
-def parse_duration(text):
-    m = re.fullmatch(r"(\d{1,9})([smhd]?)", text.strip())
-    if not m:
-        raise UsageError(f"invalid duration {text!r}; use N followed by s, m, h or d (e.g. 12h, 7d)")
-    seconds = int(m.group(1)) * _UNITS[m.group(2) or "s"]
+def _expires(text):
+    seconds = parse_duration(text, "duration")
     if seconds <= 0:
         raise UsageError("--expires must be positive")
     if seconds > MAX_EXPIRES:
@@ -30,6 +25,6 @@ def parse_duration(text):
 
 
 def run(ctx, args):
-    expires = parse_duration(args.expires)
+    expires = _expires(args.expires)
     ctx.out.write(share(ctx, ctx.repo(args.remote), args.images, expires) + "\n")
     return 0

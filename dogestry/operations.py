@@ -1,0 +1,636 @@
+"""Operating a repository over time: list, tag, untag and retention, gc, verify, leases, locks.
+
+Commands call these; they never print (results go back as values or through ctx.out for
+verify's problem lines, and decisions through ctx.detail). repo.py knows the keys.
+
+The gc protocol (dogestry-repository(5) is the normative text):
+  - a writer that stores objects holds a *lease*, leases/<random>.json, written before its
+    first object, overwritten every LEASE_RENEW seconds while it runs, deleted at the end;
+  - gc reads "now" from the storage itself (the last-write time of a lease of its own), so
+    every age it compares is on one clock, whatever the hosts' clocks say;
+  - an object is kept when a ref or an unexpired share index reaches it, when it is younger
+    than the grace period, or when it was written since (the start of the oldest live lease
+    minus LEASE_SLACK); a lease is live while its last write is younger than LEASE_TIMEOUT;
+  - refs and leases are read again after the candidates are chosen;
+  - deletes run in the reverse of publish order: image records, configs, layer
+    descriptors, layer data, so an interrupted gc never leaves a record without a layer;
+  - a push checks that every object of its images is present before it writes a ref, and
+    stores again what a concurrent gc removed (an object the push found and reused).
+Why "younger than the oldest live lease" and not "no gc while any lease is live": a
+repository pushed to all day would never be collected; the lease only has to cover what
+the running pushes write, and that is all written after their lease began.
+"""
+
+import fcntl
+import json
+import os
+import socket
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+
+from .errors import CorruptObject, DogestryError, NotFound, UsageError
+from .refs import parse_ref
+from .repo import image_key, image_keys, layer_descriptor_key, layer_key, lease_key, object_of_key
+
+LEASE_RENEW = 30       # seconds between a lease's rewrites
+LEASE_TIMEOUT = 300    # a lease not rewritten for this long belongs to a dead writer
+LEASE_SLACK = 2        # one storage clock, but S3 keeps whole seconds (and a multipart object its start)
+PARALLEL = 16          # reads in flight for list and gc (the S3 backend pools 16 connections)
+MAX_SHARE_INDEX = 64 << 20
+
+
+def _map(fn, items, parallel=PARALLEL):
+    items = list(items)
+    if len(items) <= 1:
+        return [fn(item) for item in items]
+    with ThreadPoolExecutor(min(parallel, len(items))) as pool:
+        return list(pool.map(fn, items))
+
+
+# -- list ---------------------------------------------------------------------------
+
+class Row:
+    """One line of `dogestry list`: a ref, its image, the image's stored bytes, its last push."""
+
+    __slots__ = ("ref", "image_id", "size", "pushed")
+
+    def __init__(self, ref, image_id, size, pushed):
+        self.ref, self.image_id, self.size, self.pushed = ref, image_id, size, pushed
+
+    def to_json(self):
+        return {"repository": self.ref.name, "tag": self.ref.tag, "image_id": self.image_id, "size": self.size,
+                "pushed": self.pushed}
+
+
+def _matches(ref, patterns):
+    import fnmatch
+
+    return not patterns or any(fnmatch.fnmatchcase(str(ref), p) or fnmatch.fnmatchcase(ref.name, p)
+                               for p in patterns)
+
+
+def _read_ref(repo, ref):
+    """The image id of ref, or None when it is damaged or gone since it was listed."""
+    try:
+        return repo.get_ref(ref)
+    except (NotFound, CorruptObject):
+        return None
+
+
+def list_tags(repo, patterns=()):
+    """[Row] for every ref matching a glob (name:tag or name), by name then newest push first.
+
+    Refs come from one listing (with their last-write times); refs and image records are
+    then read PARALLEL at a time, each image record once. SIZE is the stored bytes of the
+    image's layers and config as its record gives them; None for a ref whose image is missing.
+    """
+    refs = [(ref, info) for ref, info in repo.ref_infos() if _matches(ref, patterns)]
+    ids = _map(lambda item: _read_ref(repo, item[0]), refs)
+
+    def size_of(image_id):
+        try:
+            image = repo.get_image(image_id)
+        except (NotFound, CorruptObject):
+            return None
+        return image.stored_size  # layers as stored, and the config
+
+    unique = sorted({i for i in ids if i})
+    sizes = dict(zip(unique, _map(size_of, unique)))
+    rows = [Row(ref, image_id, sizes.get(image_id), info.mtime) for (ref, info), image_id in zip(refs, ids)]
+    rows.sort(key=lambda r: (r.ref.name, -(r.pushed or 0), r.ref.tag))
+    return rows
+
+
+# -- tag and untag ------------------------------------------------------------------
+
+def tag(repo, source, target):
+    """Point the ref `target` at the image `source` names; no data moves. Returns (image_id, Ref)."""
+    image_id, _ = repo.resolve(source)
+    ref = parse_ref(target)
+    repo.set_ref(ref, image_id)
+    return image_id, ref
+
+
+def untag(repo, names, dry_run=False):
+    """Remove the refs `names` (every one must exist, or nothing is removed); [(image_id, Ref)]."""
+    refs = list(dict.fromkeys(parse_ref(name) for name in names))
+    found = []
+    for ref in refs:
+        image_id = repo.find_ref(ref)
+        if image_id is None:
+            raise NotFound(f"{ref} not found in {repo.location}")
+        found.append((image_id, ref))
+    if not dry_run:
+        for _, ref in found:
+            repo.delete_ref(ref)
+    return found
+
+
+def retention(repo, keep_last, patterns, dry_run=False):
+    """Untag all but the keep_last most recently pushed tags of each name matching patterns.
+
+    "Most recently pushed" is the ref's last write as the storage records it; ties go to
+    the tag that sorts last. Returns the [(image_id, Ref)] removed (or that would be).
+    """
+    if keep_last < 0:
+        raise UsageError("--keep-last must be 0 or more")
+    by_name = {}
+    for ref, info in repo.ref_infos():
+        if _matches(ref, patterns):
+            by_name.setdefault(ref.name, []).append((info.mtime or 0, ref.tag, ref))
+    doomed = []
+    for name in sorted(by_name):
+        newest_first = sorted(by_name[name], key=lambda item: (item[0], item[1]), reverse=True)
+        doomed += [ref for _, _, ref in newest_first[keep_last:]]
+    ids = _map(lambda ref: _read_ref(repo, ref), doomed)
+    if not dry_run:
+        _map(repo.delete_ref, doomed)
+    return [(image_id, ref) for image_id, ref in zip(ids, doomed)]
+
+
+# -- leases -------------------------------------------------------------------------
+
+class Lease:
+    """leases/<random>.json, rewritten every LEASE_RENEW seconds by a thread until released.
+
+    The record says who holds it (host, pid, what) and, from its first rewrite on, `since`:
+    the storage's time of its first write, so a rewrite does not move the start gc counts from.
+    """
+
+    def __init__(self, repo, what):
+        self.repo, self.what = repo, what
+        self.name = f"{what}-{uuid.uuid4().hex}"
+        self.key = lease_key(self.name)
+        self.since = None
+        self._stop = threading.Event()
+        self._thread = None
+
+    def _record(self):
+        return (json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "what": self.what,
+                            "since": self.since, "written": time.time()}, sort_keys=True) + "\n").encode()
+
+    def write_time(self):
+        """The storage's time of this lease's last write (its clock, not this host's)."""
+        for info in self.repo.lease_infos():
+            if info.key == self.key and info.mtime is not None:
+                return info.mtime
+        raise DogestryError(f"lease {self.key} vanished from {self.repo.location} right after it was written")
+
+    def acquire(self):
+        self.repo.put_lease(self.name, self._record())
+        self._thread = threading.Thread(target=self._renew, name="dogestry-lease", daemon=True)
+        self._thread.start()
+        return self
+
+    def _renew(self):
+        while not self._stop.wait(LEASE_RENEW):
+            try:
+                if self.since is None:
+                    self.since = self.write_time()
+                self.repo.put_lease(self.name, self._record())
+            except DogestryError:
+                pass  # the next round tries again; gc only drops a lease after LEASE_TIMEOUT
+
+    def release(self):
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        try:
+            self.repo.delete_key(self.key)
+        except DogestryError:
+            pass  # it expires by itself after LEASE_TIMEOUT, and gc removes it
+
+
+@contextmanager
+def lease(repo, what="push"):
+    """Hold a lease on repo for the block; nested uses on one Repository share the outer one."""
+    if getattr(repo, "_dogestry_lease", None) is not None:
+        yield repo._dogestry_lease
+        return
+    held = Lease(repo, what).acquire()
+    repo._dogestry_lease = held
+    try:
+        yield held
+    finally:
+        repo._dogestry_lease = None
+        held.release()
+
+
+def incomplete(repo, results):
+    """The image ids among [(image_id, Ref or None)] whose objects are not all present: the
+    final check of a push, which a gc running beside it may have made fail.
+
+    A layer descriptor whose data is gone is removed on the way (gc removes the descriptor
+    first, so this is a gc cut short, or damage), so that storing the image again, which
+    trusts descriptors, writes that layer again.
+    """
+    gone = []
+    for image_id in dict.fromkeys(i for i, _ in results):
+        if not repo.has_image(image_id):
+            gone.append(image_id)
+            continue
+        absent = repo.absent_keys(repo.get_image(image_id))
+        for key in absent:
+            found = object_of_key(key)
+            if found and found[0] == "layer" and layer_descriptor_key(found[1]) not in absent:
+                repo.delete_key(layer_descriptor_key(found[1]))
+        if absent:
+            gone.append(image_id)
+    return gone
+
+
+def _live_leases(repo, now):
+    """[(key, since)] of the writers' leases written within LEASE_TIMEOUT of now; and the stale keys.
+
+    A gc's own lease only tells it the storage's time: it writes no objects, so it protects none.
+    """
+    live, stale = [], []
+    for info in repo.lease_infos():
+        if info.mtime is None or now - info.mtime >= LEASE_TIMEOUT:
+            stale.append(info.key)
+            continue
+        if info.key.startswith(lease_key("gc-")[:-len(".json")]):
+            continue
+        since = info.mtime
+        try:
+            recorded = json.loads(repo.get_small(info.key)).get("since")
+            if isinstance(recorded, (int, float)) and not isinstance(recorded, bool):
+                since = min(since, recorded)
+        except (NotFound, ValueError, AttributeError, DogestryError):
+            pass  # gone, or being rewritten: its last write is a start late enough
+        live.append((info.key, since))
+    return live, stale
+
+
+# -- gc -----------------------------------------------------------------------------
+
+class GcReport:
+    def __init__(self):
+        self.removed, self.bytes, self.kept_young, self.kept_leased = [], 0, 0, 0
+        self.leases_removed = 0
+
+
+def _share_roots(repo, now):
+    """Keys an unexpired share index hands out (its pre-signed URLs must keep working)."""
+    from datetime import datetime, timezone
+
+    keys = set()
+    for info in repo.share_infos():
+        try:
+            index = json.loads(repo.get_small(info.key, MAX_SHARE_INDEX))
+            until = datetime.strptime(index["expires"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+            objects = index["objects"]
+        except NotFound:
+            continue
+        except (ValueError, KeyError, TypeError, AttributeError, CorruptObject):
+            raise DogestryError(f"share index {info.key} in {repo.location} is damaged; gc cannot tell what it "
+                                "hands out: remove it first") from None
+        if until.timestamp() > now:
+            keys.update(k for k in objects if isinstance(k, str))
+    return keys
+
+
+class _Reach:
+    """What refs reach: image records read once each, in parallel."""
+
+    def __init__(self, repo):
+        self.repo = repo
+        self.images = {}
+
+    def _image(self, image_id, strict=True):
+        try:
+            return self.repo.get_image(image_id)
+        except NotFound:
+            return None  # a dangling ref reaches nothing (verify reports it)
+        except CorruptObject as err:
+            if not strict:
+                return None  # an unreferenced record kept for its age: what it names is garbage anyway
+            raise DogestryError(f"gc cannot tell what image {image_id} needs ({err}); "
+                                "run 'dogestry verify' and repair or untag it first") from None
+
+    def keys_of(self, image_ids, strict=True):
+        new = [i for i in dict.fromkeys(image_ids) if i not in self.images]
+        for image_id, image in zip(new, _map(lambda i: self._image(i, strict), new)):
+            self.images[image_id] = image
+        keys = set()
+        for image_id in image_ids:
+            image = self.images[image_id]
+            keys.update(image_keys(image) if image is not None else [image_key(image_id)])
+        return keys
+
+    def of_refs(self):
+        refs = [ref for ref, _ in self.repo.ref_infos()]
+
+        def read(ref):
+            try:
+                return self.repo.get_ref(ref)
+            except NotFound:
+                return None  # removed since it was listed
+            except CorruptObject as err:
+                raise DogestryError(f"gc cannot tell what {err}; fix or untag it first") from None
+
+        return self.keys_of([i for i in _map(read, refs) if i])
+
+
+def _protected(infos, now, grace, leases):
+    """Keys an age rule keeps: younger than grace, or written since the oldest live lease began."""
+    oldest = min((since for _, since in leases), default=None)
+    young, leased = set(), set()
+    for key, info in infos.items():
+        if info.mtime is None or now - info.mtime < grace:
+            young.add(key)
+        elif oldest is not None and info.mtime >= oldest - LEASE_SLACK:
+            leased.add(key)
+    return young, leased
+
+
+def _pairs(keys):
+    """A layer's data and descriptor are kept together: a kept one keeps the other."""
+    out = set(keys)
+    for key in keys:
+        found = object_of_key(key)
+        if found and found[0] in ("layer", "descriptor"):
+            out.update((layer_key(found[1]), layer_descriptor_key(found[1])))
+    return out
+
+
+DELETE_ORDER = ("image", "config", "descriptor", "layer")  # publish order, reversed
+
+
+def gc(ctx, repo, grace, dry_run=False, parallel=8):
+    """Delete every object nothing keeps (see the module docstring); return a GcReport."""
+    report = GcReport()
+    if repo.format_version() is None:
+        return report  # an empty location: nothing to collect, and nothing to create
+    repo.check_format()
+    own = None
+    if dry_run:
+        now = time.time()  # a dry run writes nothing, so it reads this host's clock
+    else:
+        own = Lease(repo, "gc")
+        repo.put_lease(own.name, own._record())
+        now = own.write_time()
+    try:
+        infos = {info.key: (kind, info) for kind, _, info in repo.object_infos()}
+        reach = _Reach(repo)
+        rooted = reach.of_refs() | _share_roots(repo, now)
+        leases, stale = _live_leases(repo, now)
+        objects = {key: info for key, (_, info) in infos.items()}
+        young, leased = _protected(objects, now, grace, leases)
+        report.kept_young, report.kept_leased = len(young - rooted), len(leased - rooted)
+        # What a kept image record needs stays too, or keeping the record would be pointless.
+        kept_records = [object_of_key(k)[1] for k in young | leased if infos[k][0] == "image"]
+        keep = rooted | young | leased | reach.keys_of(kept_records, strict=False)
+        candidates = set(objects) - _pairs(keep)
+        # A ref or a push may have appeared while the candidates were chosen: read both again.
+        keep2 = reach.of_refs()
+        leases2, _ = _live_leases(repo, now)
+        if leases2 != leases:
+            _, leased2 = _protected({k: objects[k] for k in candidates}, now, grace, leases2)
+            keep2 |= leased2
+        candidates -= _pairs(keep2)
+        for kind in DELETE_ORDER:
+            batch = sorted(k for k in candidates if infos[k][0] == kind)
+            if not dry_run:
+                def remove(key):
+                    repo.delete_key(key)
+                    ctx.detail(f"removed {key} ({objects[key].size} bytes)")
+                _map(remove, batch, parallel)
+            else:
+                for key in batch:
+                    ctx.detail(f"would remove {key} ({objects[key].size} bytes)")
+            report.removed += batch
+            report.bytes += sum(objects[k].size for k in batch)
+        if not dry_run:
+            for key in stale:
+                repo.delete_key(key)
+                ctx.detail(f"removed stale lease {key}")
+            report.leases_removed = len(stale)
+    finally:
+        if own is not None:
+            own.release()
+    return report
+
+
+# -- verify -------------------------------------------------------------------------
+
+class Verifier:
+    """Checks objects and says what is wrong with each, one line per problem (to `say`)."""
+
+    def __init__(self, repo, say, parallel=None):
+        self.repo, self.say = repo, say
+        self.parallel = parallel or max(2, os.cpu_count() or 2)
+        self.problems = 0
+        self.lock = threading.Lock()
+        self.sizes = {}
+        self.checked_images, self.checked_configs, self.layers = set(), set(), {}
+        self.layer_bytes = 0
+
+    def problem(self, text):
+        with self.lock:
+            self.problems += 1
+            self.say(text)
+
+    def scan(self):
+        for kind, digest, info in self.repo.object_infos():
+            self.sizes[info.key] = info.size
+
+    def present(self, key):
+        return key in self.sizes
+
+    def check_refs(self):
+        """Every ref points at a complete image; returns the image ids to check."""
+        ids = []
+        for ref, _ in sorted(self.repo.ref_infos(), key=lambda item: str(item[0])):
+            try:
+                image_id = self.repo.get_ref(ref)
+            except NotFound:
+                continue  # removed since it was listed
+            except CorruptObject as err:
+                self.problem(str(err))
+                continue
+            if not self.present(image_key(image_id)):
+                self.problem(f"ref {ref}: points at image {image_id}, which {self.repo.location} lacks "
+                             f"({image_key(image_id)})")
+                continue
+            ids.append(image_id)
+        return ids
+
+    def check_config(self, image_id, size=None):
+        if image_id in self.checked_configs:
+            return
+        self.checked_configs.add(image_id)
+        try:
+            data = self.repo.get_config(image_id)
+        except (NotFound, CorruptObject) as err:
+            self.problem(str(err))
+            return None
+        if size is not None and len(data) != size:
+            self.problem(f"config {image_id}: {len(data)} bytes, its image record says {size}")
+        return data
+
+    def check_image(self, image_id):
+        """The record, its config, and that every layer descriptor matches; layers queued."""
+        if image_id in self.checked_images:
+            return
+        self.checked_images.add(image_id)
+        try:
+            image = self.repo.get_image(image_id)
+        except (NotFound, CorruptObject) as err:
+            self.problem(f"image record: {err}")
+            return
+        data = self.check_config(image_id, image.config_size)
+        if data is not None:
+            try:
+                diff_ids = json.loads(data)["rootfs"]["diff_ids"]
+            except (ValueError, KeyError, TypeError):
+                diff_ids = None
+            if diff_ids != image.diff_ids:
+                self.problem(f"image {image_id}: its record's layers differ from its config's rootfs.diff_ids")
+        for desc in image.layers:
+            self.queue_layer(desc.diff_id, expected=desc, by=image_id)
+
+    def queue_layer(self, diff_id, expected=None, by=None):
+        if diff_id in self.layers:
+            return
+        whose = f" (a layer of image {by})" if by else ""
+        data_key, desc_key = layer_key(diff_id), layer_descriptor_key(diff_id)
+        if not self.present(desc_key) and not self.present(data_key):
+            self.layers[diff_id] = None
+            self.problem(f"layer {diff_id}{whose}: missing ({data_key} and its descriptor)")
+            return
+        try:
+            desc = self.repo.layer_descriptor(diff_id)
+        except (NotFound, CorruptObject) as err:
+            self.layers[diff_id] = None
+            self.problem(f"layer {diff_id}{whose}: descriptor {desc_key}: {err}")
+            return
+        if expected is not None and desc != expected:
+            self.problem(f"layer {diff_id}{whose}: descriptor {desc_key} differs from the image record's")
+        if not self.present(data_key):
+            self.layers[diff_id] = None
+            self.problem(f"layer {diff_id}{whose}: missing ({data_key}; its descriptor is there)")
+            return
+        if self.sizes[data_key] != desc.size:
+            self.layers[diff_id] = None
+            how = "truncated" if self.sizes[data_key] < desc.size else "too long"
+            self.problem(f"layer {diff_id}{whose}: {data_key} is {how}: {self.sizes[data_key]} bytes stored, "
+                         f"its descriptor says {desc.size}")
+            return
+        self.layers[diff_id] = desc
+
+    def _read_layer(self, desc):
+        try:
+            for chunk in self.repo.layer_chunks(desc):
+                pass
+        except (NotFound, CorruptObject) as err:
+            self.problem(str(err))
+        except DogestryError as err:
+            self.problem(f"layer {desc.diff_id}: {err}")
+        return desc.size
+
+    def read_layers(self):
+        """Read every queued layer whole, PARALLEL across layers: stored digest, diffID, sizes."""
+        todo = [d for d in self.layers.values() if d is not None]
+        self.layers = {k: None for k in self.layers}  # read once
+        self.layer_bytes += sum(_map(self._read_layer, todo, self.parallel))
+        return len(todo)
+
+    def check_unreferenced(self):
+        """--all: every object, whether a ref reaches it or not (records first: they read their configs)."""
+        order = {"image": 0, "config": 1, "descriptor": 2, "layer": 3}
+        for kind, digest, info in sorted(self.repo.object_infos(), key=lambda item: order[item[0]]):
+            if kind == "image":
+                self.check_image(digest)
+            elif kind == "config":
+                self.check_config(digest)
+            elif kind in ("layer", "descriptor"):
+                if kind == "layer" and not self.present(layer_descriptor_key(digest)):
+                    if digest not in self.layers:
+                        self.layers[digest] = None
+                        self.problem(f"layer {digest}: {info.key} has no descriptor (left by an interrupted "
+                                     "push; gc removes it)")
+                    continue
+                self.queue_layer(digest)
+
+
+def verify(repo, names=(), everything=False, say=print):
+    """Check what the refs (or the images `names`) reach, and with everything every object.
+
+    Returns the Verifier (problems, counts). A name that resolves to nothing is a problem.
+    """
+    repo.check_format()
+    v = Verifier(repo, say)
+    v.scan()
+    if names:
+        ids = []
+        for name in names:
+            try:
+                ids.append(repo.resolve(name)[0])
+            except (NotFound, CorruptObject) as err:
+                v.problem(str(err))
+    else:
+        ids = v.check_refs()
+    for image_id in ids:
+        v.check_image(image_id)
+    layers = v.read_layers()
+    if everything:
+        v.check_unreferenced()
+        layers += v.read_layers()
+    v.layers_read = layers
+    return v
+
+
+# -- lockfile -----------------------------------------------------------------------
+
+@contextmanager
+def lockfile(ctx, path, timeout=None):
+    """Hold an exclusive flock on path for the block; wait for it at most timeout seconds
+    (None: as long as it takes). No path: no lock. Runs on one lock never interleave."""
+    if not path:
+        yield
+        return
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as err:
+        raise DogestryError(f"cannot open lock file {path}: {err.strerror or err}") from None
+    try:
+        started = time.monotonic()
+        told = False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                pass
+            except OSError as err:
+                raise DogestryError(f"cannot lock {path}: {err.strerror or err}") from None
+            waited = time.monotonic() - started
+            if timeout is not None and waited >= timeout:
+                raise DogestryError(f"lock file {path} is still held by another run after {timeout}s "
+                                    f"(--lock-timeout){_holder(fd)}")
+            if not told:
+                ctx.detail(f"waiting for lock file {path}{_holder(fd)}")
+                told = True
+            time.sleep(0.1 if timeout is None else min(0.1, max(0.01, timeout - waited)))
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+        if told:
+            ctx.detail(f"took lock file {path} after {time.monotonic() - started:.1f}s")
+        yield
+    finally:
+        os.close(fd)  # releases the flock
+
+
+def _holder(fd):
+    try:
+        text = os.pread(fd, 200, 0).decode("ascii", "replace").split()
+    except OSError:
+        return ""
+    return f": pid {text[0]} on {text[1]}" if len(text) >= 2 else ""
+
+
+__all__ = ["list_tags", "tag", "untag", "retention", "lease", "incomplete", "gc", "verify", "lockfile", "Lease"]

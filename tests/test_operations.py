@@ -1,0 +1,444 @@
+"""Operating a repository over time: list, tag, untag and retention, gc, verify, lockfiles.
+
+Real engine (d20), real storage: a local directory and SeaweedFS (strict like AWS). The
+concurrency tests put a proxy between dogestry and SeaweedFS that holds one request until
+the test has done what it must do at that exact point (run a gc, kill -9 a gc).
+"""
+
+import fcntl
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from conftest import BIN, S3_BUCKET, S3Server, dogestry
+from faultproxy import Fault, FaultProxy
+
+
+@pytest.fixture
+def d20(engine_named):
+    return engine_named("d20")
+
+
+class LocalRemote:
+    def __init__(self, root, engine):
+        self.root, self.url, self.engine = str(root), str(root), engine
+        self.env = engine.env()
+
+    def keys(self, prefix=""):
+        out = set()
+        for dirpath, dirnames, filenames in os.walk(self.root):
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            for name in filenames:
+                key = os.path.relpath(os.path.join(dirpath, name), self.root)
+                if key.startswith(prefix):
+                    out.add(key)
+        return out
+
+    def get(self, key):
+        with open(os.path.join(self.root, key), "rb") as f:
+            return f.read()
+
+    def put(self, key, data):
+        path = os.path.join(self.root, key)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as f:
+            f.write(data)
+
+    def delete(self, key):
+        os.unlink(os.path.join(self.root, key))
+
+
+class S3Remote:
+    def __init__(self, server, engine, endpoint=None):
+        self.server, self.engine = server, engine
+        self.prefix = f"ops-{uuid.uuid4().hex[:12]}"
+        self.url = server.url(self.prefix)
+        self.env = server.env(engine.env())
+        self.client = server.client()
+
+    def via(self, endpoint):
+        """The URL of this remote through another endpoint (a proxy)."""
+        return f"s3://{S3_BUCKET}/{self.prefix}/?endpoint={endpoint}"
+
+    def keys(self, prefix=""):
+        return {k for k in self.server.keys(self.prefix) if k.startswith(prefix)}
+
+    def get(self, key):
+        return self.client.get_object(Bucket=S3_BUCKET, Key=f"{self.prefix}/{key}")["Body"].read()
+
+    def put(self, key, data):
+        self.client.put_object(Bucket=S3_BUCKET, Key=f"{self.prefix}/{key}", Body=data)
+
+    def delete(self, key):
+        self.client.delete_object(Bucket=S3_BUCKET, Key=f"{self.prefix}/{key}")
+
+
+@pytest.fixture(params=["local", "seaweed"])
+def remote(request, tmp_path, d20):
+    if request.param == "local":
+        return LocalRemote(tmp_path / "repo", d20)
+    return S3Remote(S3Server("seaweed"), d20)
+
+
+@pytest.fixture
+def s3remote(d20):
+    return S3Remote(S3Server("seaweed"), d20)
+
+
+def run(remote, *args, check=True, url=None):
+    """dogestry COMMAND [url] ARGS: the remote's URL goes right after the command word."""
+    return dogestry(args[0], url or remote.url, *args[1:], env=remote.env, check=check)
+
+
+def out(proc):
+    return proc.stdout.decode()
+
+
+def images(engine, unique, big=0):
+    """base:1 (1 layer) < app:1 (+COPY +RUN) < app:2 (+COPY +RUN): app:2 shares app:1's layers."""
+    engine.import_base(f"t{unique}/base:1")
+    engine.build(f"t{unique}/app:1", f"t{unique}/base:1", {"one.txt": f"one {unique}\n"}, big=big)
+    engine.build(f"t{unique}/app:2", f"t{unique}/app:1", {"two.txt": "two\n"}, run="echo 2 > /r2.txt")
+
+
+def object_keys(image_id, remote):
+    """Every key the image record of image_id names, read from the remote as stored."""
+    record = json.loads(remote.get(f"images/sha256/{image_id[7:]}.json"))
+    keys = {f"configs/sha256/{image_id[7:]}", f"images/sha256/{image_id[7:]}.json"}
+    for layer in record["layers"]:
+        keys |= {f"layers/sha256/{layer['diff_id'][7:]}", f"layers/sha256/{layer['diff_id'][7:]}.json"}
+    return keys
+
+
+def ref_key(name_tag):
+    name, tag = name_tag.rsplit(":", 1)
+    return f"repositories/{name}/_tags/{tag}"
+
+
+# -- list, tag, untag -------------------------------------------------------------------
+
+def test_list_many_tags_with_slashes_and_host_port_names(remote, d20, unique):
+    images(d20, unique)
+    app1, app2 = out(run(remote, "push", f"t{unique}/app:1", f"t{unique}/app:2")).split()[0::2]
+    # A thousand refs, written straight to the storage (set_ref would make this test slow):
+    # names with several components, a host:port and an IPv6 registry.
+    names = [f"t{unique}/app", f"registry.example.com:5000/team/t{unique}", f"[::1]:5000/t{unique}/x/y"]
+    refs = {f"{names[i % 3]}:v{i}": (app1 if i % 2 else app2) for i in range(1000)}
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda item: remote.put(ref_key(item[0]), f"{item[1]}\n".encode()), refs.items()))
+    started = time.monotonic()
+    rows = [json.loads(line) for line in out(run(remote, "list", "--json")).splitlines()]
+    print(f"list of {len(rows)} tags on {type(remote).__name__}: {time.monotonic() - started:.2f}s")
+    listed = {f"{r['repository']}:{r['tag']}": r["image_id"] for r in rows}
+    assert listed == dict(refs, **{f"t{unique}/app:1": app1, f"t{unique}/app:2": app2})
+    assert [r["repository"] for r in rows] == sorted(r["repository"] for r in rows)
+    for name in names:  # within a name: newest push first
+        times = [r["pushed"] for r in rows if r["repository"] == name]
+        assert times == sorted(times, reverse=True)
+    sizes = {r["image_id"]: r["size"] for r in rows}
+    layers1 = json.loads(remote.get(f"images/sha256/{app1[7:]}.json"))["layers"]
+    assert sizes[app1] == sum(layer["size"] for layer in layers1) + len(remote.get(f"configs/sha256/{app1[7:]}"))
+
+    table = out(run(remote, "ls", f"[[]::1]:5000/t{unique}/*")).splitlines()
+    assert table[0].split() == ["REPOSITORY", "TAG", "IMAGE", "ID", "SIZE", "PUSHED"]
+    assert len(table) == 1 + 333 and all(line.startswith(f"[::1]:5000/t{unique}/x/y ") for line in table[1:])
+    assert {line.split()[2] for line in table[1:]} == {app1[7:19], app2[7:19]}
+    full = out(dogestry("list", "--no-trunc", remote.url, f"t{unique}/app:1", env=remote.env))
+    assert app1 in full and f"t{unique}/app " in full
+    assert run(remote, "list", "nothing-matches/*", check=False).returncode == 1
+
+
+def test_tag_and_untag_round_trip_and_retention_keeps_the_newest(remote, d20, unique, monkeypatch):
+    images(d20, unique)
+    app1 = out(run(remote, "push", f"t{unique}/app:1")).split()[0]
+    before = remote.keys("layers/") | remote.keys("configs/") | remote.keys("images/")
+    assert out(run(remote, "tag", f"t{unique}/app:1", f"reg.example:5000/t{unique}/app:prod")).split() == \
+        [app1, f"reg.example:5000/t{unique}/app:prod"]
+    assert out(run(remote, "tag", app1[7:19], f"t{unique}/other")).split() == [app1, f"t{unique}/other:latest"]
+    assert remote.keys("layers/") | remote.keys("configs/") | remote.keys("images/") == before  # no data moved
+    tags = {line.split()[0] + ":" + line.split()[1] for line in out(run(remote, "list")).splitlines()[1:]}
+    assert tags == {f"t{unique}/app:1", f"reg.example:5000/t{unique}/app:prod", f"t{unique}/other:latest"}
+    missing = run(remote, "tag", f"t{unique}/nope:1", f"t{unique}/x:1", check=False)
+    assert missing.returncode == 1 and f"t{unique}/nope:1 not found" in missing.stderr.decode()
+
+    # untag: all named refs exist or none is removed.
+    failed = run(remote, "untag", f"t{unique}/other", f"t{unique}/ghost:1", check=False)
+    assert failed.returncode == 1 and f"t{unique}/ghost:1 not found" in failed.stderr.decode()
+    assert remote.keys(ref_key(f"t{unique}/other:latest"))
+    assert out(run(remote, "rmtag", f"t{unique}/other", f"reg.example:5000/t{unique}/app:prod")).split() == \
+        [app1, f"t{unique}/other:latest", app1, f"reg.example:5000/t{unique}/app:prod"]
+    assert out(run(remote, "show-ref")).split() == [app1, f"t{unique}/app:1"]
+    assert remote.keys("layers/") | remote.keys("configs/") | remote.keys("images/") == before  # until gc
+
+    # Retention: pushed in an order that is neither the tags' sort order nor its reverse.
+    # S3 keeps whole seconds, so the tags are written a second apart.
+    # Written in-process (the tag command is tested above), a second apart for S3's sake.
+    from dogestry.backends import open_backend
+    from dogestry.operations import tag
+    from dogestry.repo import Repository
+
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        if var in remote.env:
+            monkeypatch.setenv(var, remote.env[var])
+    repo = Repository(open_backend(remote.url))
+    order = {f"t{unique}/a": ["m", "z", "b", "q", "c"], f"t{unique}/b": ["2", "1"]}
+    for i in range(5):
+        for name, tags_in_order in order.items():
+            if i < len(tags_in_order):
+                tag(repo, f"t{unique}/app:1", f"{name}:{tags_in_order[i]}")
+        time.sleep(1.05 if isinstance(remote, S3Remote) else 0.05)
+    dry = out(run(remote, "untag", "--keep-last", "2", "--dry-run", f"t{unique}/[ab]"))
+    assert sorted(dry.split()[1::2]) == sorted(f"t{unique}/a:{t}" for t in ("m", "z", "b"))
+    assert len(remote.keys(f"repositories/t{unique}/a/")) == 5
+    run(remote, "untag", "--keep-last", "2", f"t{unique}/[ab]")
+    left = out(run(remote, "show-ref", f"t{unique}/[ab]:*")).split()[1::2]
+    assert sorted(left) == [f"t{unique}/a:c", f"t{unique}/a:q", f"t{unique}/b:1", f"t{unique}/b:2"]
+    assert out(run(remote, "show-ref", f"t{unique}/app:1")).split()[1] == f"t{unique}/app:1"  # not matched
+
+
+# -- gc ---------------------------------------------------------------------------------
+
+def test_gc_removes_exactly_the_unreachable_objects(remote, d20, unique):
+    images(d20, unique)
+    app1, app2 = out(run(remote, "push", f"t{unique}/app:1", f"t{unique}/app:2")).split()[0::2]
+    keep, gone = object_keys(app1, remote), object_keys(app2, remote) - object_keys(app1, remote)
+    assert len(gone) == 6  # app:2's record, config, and two layers (data + descriptor)
+    # Leftovers of an interrupted push: data without a descriptor, a dead writer's lease.
+    orphan = "layers/sha256/" + "ab" * 32
+    remote.put(orphan, b"leftover")
+    run(remote, "untag", f"t{unique}/app:2")
+    everything = remote.keys()
+    gone_bytes = sum(len(remote.get(k)) for k in gone) + len(b"leftover")
+    report = out(run(remote, "gc"))  # default grace 24h: all of it is younger
+    assert report.startswith("removed 0 object(s)") and "7 younger than 24h" in report
+    assert remote.keys() == everything
+    dry = out(run(remote, "gc", "--grace", "0", "--dry-run"))
+    assert dry.startswith("would remove 7 object(s)") and remote.keys() == everything
+    report = out(run(remote, "gc", "--grace", "0"))
+    assert report.startswith(f"removed 7 object(s), {gone_bytes} bytes"), report
+    assert remote.keys() == everything - gone - {orphan}
+    assert keep <= remote.keys()
+    assert run(remote, "verify", "--all").returncode == 0
+    d20.rmi(f"t{unique}/app:2", f"t{unique}/app:1", f"t{unique}/base:1")
+    run(remote, "pull", f"t{unique}/app:1")
+    assert d20.run(f"t{unique}/app:1") == f"one {unique}\n"
+
+
+def test_gc_keeps_what_a_leased_writer_wrote_until_the_lease_ends(tmp_path, d20, unique):
+    """The lease rule on a local directory, with the lease held by this process."""
+    from dogestry.backends import open_backend
+    from dogestry.operations import LEASE_SLACK, lease
+    from dogestry.repo import Repository
+
+    remote = LocalRemote(tmp_path / "repo", d20)
+    images(d20, unique)
+    app1 = out(run(remote, "push", f"t{unique}/app:1")).split()[0]
+    run(remote, "untag", f"t{unique}/app:1")
+    time.sleep(1.1)
+    time.sleep(LEASE_SLACK + 0.5)
+    repo = Repository(open_backend(remote.url))
+    with lease(repo) as held:
+        assert remote.keys("leases/") == {held.key}
+        app2 = out(run(remote, "push", f"t{unique}/app:2")).split()[0]
+        run(remote, "untag", f"t{unique}/app:2")
+        needed, written = object_keys(app2, remote), object_keys(app2, remote) - object_keys(app1, remote)
+        report = out(run(remote, "gc", "--grace", "0"))
+        # app:1's record and config predate the lease and go; what was written since stays,
+        # and so do the older layers app:2's record names.
+        assert report.startswith("removed 2 object(s)") and \
+            f"kept unreachable: {len(written)} written by a push still running" in report, report
+        assert remote.keys("layers/") | remote.keys("configs/") | remote.keys("images/") == needed
+    assert remote.keys("leases/") == set()
+    assert out(run(remote, "gc", "--grace", "0")).startswith(f"removed {len(needed)} object(s)")
+
+
+class Hold(Fault):
+    """Holds the first request the predicate accepts (and every request behind it: the proxy
+    checks faults under one lock) until release(); then drops it, unforwarded, if drop."""
+
+    def __init__(self, predicate, drop=False):
+        super().__init__("*", "", "drop-request" if drop else "pass", times=1)
+        self.predicate, self.drop = predicate, drop
+        self.reached, self.released = threading.Event(), threading.Event()
+
+    def matches(self, method, path):
+        if self.times <= 0 or not self.predicate(method, path.split("?")[0]):
+            return False
+        self.reached.set()
+        self.released.wait(120)
+        return self.drop
+
+    def release(self):
+        self.released.set()
+
+
+def test_gc_keeps_the_objects_of_a_push_running_in_another_process(s3remote, d20, unique):
+    remote = s3remote
+    images(d20, unique, big=4 << 20)
+    run(remote, "push", f"t{unique}/base:1")
+    with FaultProxy(remote.server.endpoint) as proxy:
+        hold = Hold(lambda method, path: method == "PUT" and "/images/sha256/" in path)
+        proxy.faults = [hold]
+        push = subprocess.Popen([sys.executable, BIN, "push", remote.via(proxy.url), f"t{unique}/app:1"],
+                                env=remote.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            assert hold.reached.wait(120), "the push never got to its image record"
+            # Every layer and the config are written; no ref reaches them; grace 0.
+            written = remote.keys("layers/") | remote.keys("configs/")
+            assert len(remote.keys("leases/")) == 1
+            report = out(run(remote, "gc", "--grace", "0"))
+            assert report.startswith("removed 0 object(s)") and "written by a push still running" in report
+            assert remote.keys("layers/") | remote.keys("configs/") == written
+            assert push.poll() is None
+        finally:
+            hold.release()
+        stdout, stderr = push.communicate(timeout=120)
+    assert push.returncode == 0, stderr.decode()
+    app1 = stdout.split()[0].decode()
+    assert remote.keys("leases/") == set()
+    d20.rmi(f"t{unique}/app:2", f"t{unique}/app:1", f"t{unique}/base:1")
+    run(remote, "pull", f"t{unique}/app:1")
+    assert d20.inspect(f"t{unique}/app:1")["Id"] == app1
+    assert d20.run(f"t{unique}/app:1") == f"one {unique}\n"
+
+
+def test_push_stores_again_what_a_gc_removed_under_it(remote, d20, unique):
+    """A push that finds an unreachable image whole reuses it; a gc may remove it meanwhile.
+    Simulated here by removing its layer before the push's final check (the push itself
+    cannot be paused at that point without a proxy, so the removal comes first)."""
+    images(d20, unique)
+    app1 = out(run(remote, "push", f"t{unique}/app:1")).split()[0]
+    run(remote, "untag", f"t{unique}/app:1")
+    record = json.loads(remote.get(f"images/sha256/{app1[7:]}.json"))
+    top = record["layers"][-1]["diff_id"][7:]
+    remote.delete(f"layers/sha256/{top}")  # data gone, descriptor left: what only the final check sees
+    run(remote, "push", f"t{unique}/app:1")
+    assert run(remote, "verify").returncode == 0
+    assert f"layers/sha256/{top}" in remote.keys()
+
+
+def test_gc_killed_at_several_points_leaves_every_ref_complete(s3remote, d20, unique):
+    remote = s3remote
+    images(d20, unique)
+    d20.build(f"t{unique}/app:3", f"t{unique}/app:1", {"three.txt": "three\n"}, run="echo 3 > /r3.txt")
+    for n in (1, 2, 3):
+        run(remote, "push", f"t{unique}/app:{n}")
+    run(remote, "untag", f"t{unique}/app:2", f"t{unique}/app:3")
+    points = [
+        ("before the first config", lambda m, p: m == "DELETE" and "/configs/" in p),
+        ("at the second descriptor", _nth(2, lambda m, p: m == "DELETE" and p.endswith(".json") and "/layers/" in p)),
+        ("at the first layer data", lambda m, p: m == "DELETE" and "/layers/" in p and not p.endswith(".json")),
+    ]
+    for where, predicate in points:
+        with FaultProxy(remote.server.endpoint) as proxy:
+            hold = Hold(predicate, drop=True)
+            proxy.faults = [hold]
+            gc = subprocess.Popen([sys.executable, BIN, "gc", "--grace", "0", remote.via(proxy.url)],
+                                  env=remote.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            reached = hold.reached.wait(60)
+            gc.send_signal(signal.SIGKILL)
+            gc.wait()
+            hold.release()
+            assert reached, f"gc never got {where}: {gc.stderr.read().decode()}"
+        assert run(remote, "verify").returncode == 0, where
+        problems = out(run(remote, "verify", "--all", check=False)).splitlines()
+        # Only layer data whose descriptor went first may be left: no record lacks a layer.
+        assert all("has no descriptor" in line for line in problems), (where, problems)
+    report = out(run(remote, "gc", "--grace", "0"))
+    assert not report.startswith("removed 0 ")
+    assert run(remote, "verify", "--all").returncode == 0
+    d20.rmi(f"t{unique}/app:3", f"t{unique}/app:2", f"t{unique}/app:1", f"t{unique}/base:1")
+    run(remote, "pull", f"t{unique}/app:1")
+    assert d20.run(f"t{unique}/app:1") == f"one {unique}\n"
+
+
+def _nth(n, predicate):
+    seen = []
+
+    def match(method, path):
+        if predicate(method, path):
+            seen.append(path)
+            return len(seen) >= n
+        return False
+    return match
+
+
+# -- verify -----------------------------------------------------------------------------
+
+def test_verify_names_each_damaged_object(remote, d20, unique):
+    images(d20, unique)
+    d20.build(f"t{unique}/app:3", f"t{unique}/app:2", {"three.txt": "three\n" * 1000}, run="echo 3 > /r3.txt")
+    base, app1, app2, app3 = out(run(remote, "push", *(f"t{unique}/{n}" for n in ("base:1", "app:1", "app:2",
+                                                                                    "app:3")))).split()[0::2]
+    healthy = run(remote, "fsck")
+    assert healthy.returncode == 0 and out(healthy) == "" and "no problem(s)" in healthy.stderr.decode()
+    layers = [layer["diff_id"][7:] for layer in json.loads(remote.get(f"images/sha256/{app3[7:]}.json"))["layers"]]
+    assert len(layers) == 7  # base, COPY+RUN, COPY+RUN, COPY+RUN
+    flipped, truncated, missing = layers[6], layers[5], layers[3]
+    data = bytearray(remote.get(f"layers/sha256/{flipped}"))
+    data[len(data) // 2] ^= 0x01
+    remote.put(f"layers/sha256/{flipped}", bytes(data))
+    remote.put(f"layers/sha256/{truncated}", remote.get(f"layers/sha256/{truncated}")[:-10])
+    remote.delete(f"layers/sha256/{missing}")
+    remote.delete(f"layers/sha256/{missing}.json")
+    remote.put(f"configs/sha256/{base[7:]}", remote.get(f"configs/sha256/{base[7:]}").replace(b'"', b"'", 1))
+    ghost = "sha256:" + "fe" * 32
+    remote.put(ref_key(f"t{unique}/ghost:1"), f"{ghost}\n".encode())
+
+    result = run(remote, "verify", check=False)
+    assert result.returncode == 1
+    lines = out(result).splitlines()
+    assert len(lines) == 5, lines
+
+    def one(*words):
+        found = [line for line in lines if all(w in line for w in words)]
+        assert len(found) == 1, (words, lines)
+
+    one(f"sha256:{flipped}", "is corrupt")
+    one(f"sha256:{truncated}", "truncated")
+    one(f"sha256:{missing}", "missing")
+    one(f"config {base}", "digest mismatch")
+    one(f"ref t{unique}/ghost:1", ghost, "lacks")
+    # Only the named images: app:1 has none of the damaged objects; base:1 has its config.
+    assert run(remote, "verify", f"t{unique}/app:1").returncode == 0
+    only = run(remote, "verify", f"t{unique}/base:1", check=False)
+    assert only.returncode == 1 and len(out(only).splitlines()) == 1 and f"config {base}" in out(only)
+
+
+# -- lockfiles --------------------------------------------------------------------------
+
+def test_runs_under_one_lockfile_wait_for_each_other_and_time_out_clearly(tmp_path, d20, unique):
+    remote = LocalRemote(tmp_path / "repo", d20)
+    images(d20, unique)
+    lock = str(tmp_path / "dogestry.lock")
+    held = os.open(lock, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(held, fcntl.LOCK_EX)
+    os.write(held, b"4242 ci-runner\n")
+    pushes = [subprocess.Popen([sys.executable, BIN, "push", "-v", "--lockfile", lock, remote.url,
+                                f"t{unique}/app:{n}"], env=remote.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+              for n in (1, 2)]
+    time.sleep(2)
+    assert all(p.poll() is None for p in pushes) and not os.path.exists(remote.root)  # both wait
+    timed_out = dogestry("gc", "--lockfile", lock, "--lock-timeout", "1s", remote.url, env=remote.env, check=False)
+    assert timed_out.returncode == 1
+    assert timed_out.stderr.decode().strip() == (f"dogestry: lock file {lock} is still held by another run after 1s "
+                                                 "(--lock-timeout): pid 4242 on ci-runner")
+    fcntl.flock(held, fcntl.LOCK_UN)
+    os.close(held)
+    results = [p.communicate(timeout=120) for p in pushes]
+    assert [p.returncode for p in pushes] == [0, 0], [e.decode() for _, e in results]
+    took = [float(e.decode().split(f"took lock file {lock} after ")[1].split("s")[0]) for _, e in results]
+    # One ran right after the release; the other waited for it to finish.
+    ends = sorted(took)
+    assert ends[1] > ends[0] + 0.3, took
+    assert run(remote, "verify").returncode == 0
+    bad = dogestry("pull", "--lock-timeout", "1s", remote.url, f"t{unique}/app:1", env=remote.env, check=False)
+    assert bad.returncode == 2 and "--lock-timeout needs --lockfile" in bad.stderr.decode()
