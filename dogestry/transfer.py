@@ -254,6 +254,8 @@ def save_images(ctx, repo, names, counts=None):
     """
     counts = counts if counts is not None else Counts()
     requests = [engine_request(ctx.engine, name) for name in names]
+    for name, (found, _) in zip(names, requests):
+        refuse_layerless(found, name)
     results, to_save = [None] * len(requests), []
     for index, (found, ref) in enumerate(requests):
         image_id = remote_copy(repo, found, ref)
@@ -799,6 +801,16 @@ def export_checked(ctx, repo, save_names, found_images, counts):
             "content for layers it already had when the image was pulled (moby/moby#49473). Copy it from the "
             "remote it came from instead (dogestry walk-ancestry SRC IMAGE | dogestry sync-objects --stdin SRC "
             "DST), or remove every image sharing its layers and pull it again") from None
+
+
+
+def refuse_layerless(found, name):
+    """An image with no layers (FROM scratch and only metadata) is refused on every engine:
+    graphdriver engines cannot export one (`docker save` answers "empty export - not
+    implemented"), and a remote should not hold images only some engines can push."""
+    if not found.diff_ids:
+        raise DogestryError(f"cannot push {name}: it has no layers (FROM scratch with only metadata), which "
+                            "Docker's graphdriver engines cannot export; give it a layer (e.g. COPY a file)")
 
 
 __all__ = ["Counts", "save_images", "set_refs", "push", "resolve", "plan_load", "load", "write_tar", "pull",
