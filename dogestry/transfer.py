@@ -272,9 +272,10 @@ def save_images(ctx, repo, names, counts=None):
         if ctx.progress is not None:
             ctx.progress.set_total(sum(found.size for found, _ in wanted))
         images = export_checked(ctx, repo, save_names, [found for found, _ in wanted], counts)
-        for index, (found, ref) in zip(to_save, wanted):
-            results[index] = (_match(images, found, ref, ctx.engine).id, ref)
-    record_aliases(ctx, repo, [found for found, _ in requests], results)
+        matched = [_match(images, found, ref, ctx.engine) for found, ref in wanted]
+        for index, (found, ref), image in zip(to_save, wanted, matched):
+            results[index] = (image.id, ref)
+        record_aliases(ctx, repo, [found for found, _ in wanted], matched)
     return results
 
 
@@ -695,13 +696,14 @@ def _distinct_layers(images):
 
 # -- engine aliases (the containerd store's own ids) ---------------------------------
 
-def record_aliases(ctx, repo, found_images, results):
-    """After a push: alias each engine id that is not the image id (the containerd store
-    names an image by its manifest) to the image id, so the id `docker images` shows
-    resolves on pull and an unchanged image is never exported again."""
-    for found, (image_id, _) in zip(found_images, results):
-        if found.id != image_id and repo.put_alias(found.id, image_id):
-            ctx.detail(f"engine image {found.id} is image {image_id}")
+def record_aliases(ctx, repo, found_images, images):
+    """After an export: alias each engine id that is neither the image id nor dogestry's
+    own manifest digest (the containerd store names an image built there by a manifest
+    dogestry never sees) to the image id, so the id `docker images` shows resolves on
+    pull and the unchanged image is never exported again."""
+    for found, image in zip(found_images, images):
+        if not found.is_image(image) and repo.put_alias(found.id, image.id):
+            ctx.detail(f"engine image {found.id} is image {image.id}")
 
 
 def aliased_remote_copy(repo, found):
