@@ -143,3 +143,70 @@ class Engine:
 
     def tag(self, image_id, ref):
         self._call(self.api.tag, image_id, ref.name, ref.tag, force=True)
+
+    # -- pulling from a registry (the containerd image store's pull-through path) ----------
+    def is_local(self):
+        """True when the engine shares this host's loopback: a unix socket, or tcp to
+        127.0.0.0/8, ::1 or localhost. Only such an engine can reach a server dogestry
+        starts on 127.0.0.1."""
+        import ipaddress
+        from urllib.parse import urlsplit
+
+        if self.host.startswith("unix://"):
+            return True
+        parts = urlsplit(self.host)
+        if parts.scheme not in ("tcp", "http", "https"):
+            return False  # npipe:// and ssh:// reach another machine or VM
+        host = parts.hostname or ""
+        if host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            return False
+
+    def pull(self, repository, tag):
+        """`docker pull repository:tag`; fail on any error line of the progress stream."""
+        stream = self._call(self.api.pull, repository, tag=tag, stream=True, decode=True)
+        try:
+            for msg in stream:
+                if msg.get("errorDetail") or msg.get("error"):
+                    detail = (msg.get("errorDetail") or {}).get("message") or msg.get("error")
+                    raise EngineError(f"docker pull {repository}:{tag} failed: {str(detail).strip()}")
+        except EngineError:
+            raise
+        except Exception as err:
+            raise _friendly(err, self.host) from None
+
+    def remove_tag(self, name):
+        """Remove the name `name` (name:tag); the image stays while another name holds it."""
+        import docker.errors
+
+        try:
+            self._call(self.api.remove_image, name, force=False, noprune=True)
+        except docker.errors.NotFound:
+            pass
+
+    def images_with_layers(self, diff_ids):
+        """Ids of the engine's images whose layers are exactly diff_ids (the containerd store
+        holds one image under several manifests: built here, and as dogestry loaded it)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(8) as pool:
+            found = [f for f in pool.map(self.inspect, self.image_ids()) if f is not None]
+        return [f.id for f in found if f.diff_ids == list(diff_ids)]
+
+    def inspect_details(self, image):
+        """The engine's whole inspect of image (a dict), or None: for telling apart images
+        that share every layer by their config."""
+        import docker.errors
+
+        try:
+            return self._call(self.api.inspect_image, image)
+        except docker.errors.NotFound:
+            return None
+
+    def lists(self, name):
+        """True when `docker images` shows name: the containerd store hides an image whose
+        content is incomplete (it runs, but cannot be saved)."""
+        return bool(self._call(self.api.images, name=name))

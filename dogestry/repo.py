@@ -42,6 +42,7 @@ MAX_REF = 4 << 10
 MAX_DESCRIPTOR = 64 << 10
 MAX_RECORD = 4 << 20
 MAX_CONFIG = 64 << 20
+MAX_ALIAS = 4 << 10
 
 
 def layer_key(diff_id):
@@ -58,6 +59,13 @@ def config_key(image_id):
 
 def image_key(image_id):
     return f"images/sha256/{hex_of(image_id)}.json"
+
+
+def alias_key(engine_id):
+    return f"aliases/sha256/{hex_of(engine_id)}"
+
+
+ALIASES_PREFIX = "aliases/sha256/"
 
 
 def ref_key(ref, version=FORMAT_VERSION):
@@ -538,3 +546,51 @@ class Repository:
     def absent_keys(self, image):
         """Every key of image (data too, not only descriptors) this repository lacks, in publish order."""
         return [key for key in image_keys(image) if not self.backend.exists(key)]
+
+    # -- engine aliases -------------------------------------------------------------------
+    # The containerd image store names an image by the digest of its manifest, which for an
+    # image built there (its layers gzip-compressed) dogestry never sees. An alias records,
+    # at push, that engine id -> image id, so that the id `docker images` shows resolves on
+    # pull and a re-push of the same engine image costs no `docker save`. Like a ref it is
+    # a pointer a reader must check (transfer does, against the engine's layers); unlike a
+    # ref it never changes: a manifest digest names exactly one config.
+    def put_alias(self, engine_id, image_id):
+        """Record engine_id -> image_id (no write when equal or already recorded)."""
+        if engine_id == image_id or not is_digest(engine_id):
+            return False
+        self._prepare_write()
+        return self.backend.put(alias_key(engine_id), f"{image_id}\n".encode())
+
+    def find_alias(self, engine_id):
+        """The image id engine_id is an alias of, or None."""
+        if not is_digest(engine_id):
+            return None
+        key = alias_key(engine_id)
+        try:
+            data = self._get(key, MAX_ALIAS)
+        except NotFound:
+            return None
+        text = data.decode("ascii", "replace").strip()
+        if not is_digest(text):
+            raise CorruptObject(f"alias {engine_id} in {self.location} is damaged ({key})")
+        return text
+
+    def resolve_alias(self, text):
+        """(engine id, image id) for an engine id or id prefix with an alias here, or None;
+        an ambiguous prefix is an error, as for image ids."""
+        if text.startswith("sha256:") and is_digest(text):
+            image_id = self.find_alias(text)
+            return (text, image_id) if image_id else None
+        if not looks_like_id(text):
+            return None
+        prefix = normalize_id(text)
+        self.check_format()
+        matches = sorted(engine_id for engine_id in (from_hex(key[len(ALIASES_PREFIX):])
+                                                     for key in self.backend.list(ALIASES_PREFIX))
+                         if engine_id and engine_id.startswith(prefix))
+        if len(matches) > 1:
+            raise DogestryError(f"engine id prefix {text} is ambiguous in {self.location}: {' '.join(matches)}")
+        if not matches:
+            return None
+        image_id = self.find_alias(matches[0])
+        return (matches[0], image_id) if image_id else None

@@ -220,7 +220,6 @@ def test_an_endpoint_that_is_not_a_url_is_a_usage_error():
 def test_leftovers_of_killed_pushes_are_reported_and_cleaned(seaweed, tmp_path):
     """A spool file in the temp dir no process holds and an unfinished multipart upload: both
     shown by `remote`; the next write removes them once they are stale (here: aged by hand)."""
-    import fcntl
     import subprocess
 
     from dogestry.backends import open_backend
