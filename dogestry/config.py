@@ -107,11 +107,12 @@ class Config:
                              f"directory; write a new local repository as ./{name_or_url}")
         return name_or_url
 
+    # Like the Docker and AWS CLIs: a flag beats the environment, which beats this file.
     def docker_host(self, flag=None, environ=os.environ):
-        return flag or self.get("docker", "connection") or environ.get("DOCKER_HOST") or None
+        return flag or environ.get("DOCKER_HOST") or self.get("docker", "connection") or None
 
     def codec(self):
         return "lz4" if self.get_bool("compressor", "lz4", True) else "none"
 
-    def temp_dir(self):
-        return self.get("dogestry", "temp-dir")
+    def temp_dir(self, environ=os.environ):
+        return environ.get("DOGESTRY_TEMP_DIR") or self.get("dogestry", "temp-dir")

@@ -61,7 +61,12 @@ def test_config_git_style():
 def test_docker_host_precedence():
     assert Config().docker_host(environ={"DOCKER_HOST": "tcp://e:1"}) == "tcp://e:1"
     assert Config().docker_host(environ={}) is None
-    assert Config.parse("[docker]\nconnection = unix:///c\n").docker_host(environ={"DOCKER_HOST": "tcp://e:1"}) == "unix:///c"
+    # the environment beats the config file, a flag beats both (as in the Docker and AWS CLIs)
+    cfg = Config.parse("[docker]\nconnection = unix:///c\n[dogestry]\ntemp-dir = /c\n")
+    assert cfg.docker_host(environ={"DOCKER_HOST": "tcp://e:1"}) == "tcp://e:1"
+    assert cfg.docker_host(environ={}) == "unix:///c"
+    assert cfg.docker_host("unix:///flag", environ={"DOCKER_HOST": "tcp://e:1"}) == "unix:///flag"
+    assert cfg.temp_dir(environ={"DOGESTRY_TEMP_DIR": "/e"}) == "/e" and cfg.temp_dir(environ={}) == "/c"
 
 
 def test_unknown_alias_is_a_usage_error(tmp_path, monkeypatch):
