@@ -38,6 +38,18 @@ def _run_external(argv, word):
     os.execv(program, [program] + argv[index + 1:])
 
 
+def _intermix(parser, args, extra):
+    """Words after an option that belong to the command's trailing `nargs="*"` positional
+    (`dogestry list REMOTE --no-trunc 'app*'`), which argparse leaves over; anything else
+    is an error naming the command."""
+    command = next(a for a in parser._actions if a.dest == "command").choices[args.command]
+    trailing = [a for a in command._actions if not a.option_strings and a.nargs in ("*", "+")]
+    if trailing and not any(word.startswith("-") for word in extra):
+        setattr(args, trailing[-1].dest, list(getattr(args, trailing[-1].dest) or []) + extra)
+        return
+    raise UsageError(f"{args.command}: unrecognized arguments: {' '.join(extra)}")
+
+
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
@@ -76,7 +88,7 @@ def _main(argv):
     if not args.command:
         raise UsageError("no command given; see 'dogestry help'")
     if extra:
-        raise UsageError(f"{args.command}: unrecognized arguments: {' '.join(extra)}")
+        _intermix(parser, args, extra)
     if args.quiet and args.verbose:
         raise UsageError("-q and -v contradict each other")
     from .config import Config

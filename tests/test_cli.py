@@ -137,3 +137,11 @@ def test_a_missing_local_repository_is_named_as_missing(tmp_path):
         assert out.returncode == 1, args
         assert out.stderr.decode().strip() == f"dogestry: there is no repository at {missing} (no such directory)"
     assert not os.path.exists(missing)  # reading never creates it
+
+
+def test_positionals_may_follow_options(tmp_path):
+    """`dogestry resolve-ref REMOTE -v A B`: words after an option still belong to the command."""
+    repo = str(tmp_path / "r")
+    os.mkdir(repo)
+    out = dogestry("resolve-ref", repo, "-v", "app:1", check=False)
+    assert out.returncode == 1 and out.stderr.decode().strip() == f"dogestry: app:1 not found in {repo}"
