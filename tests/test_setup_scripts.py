@@ -7,6 +7,7 @@ and only ever used through an overlay, so a test never changes the cache.
 
 import fcntl
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -264,3 +265,48 @@ def test_engines_refuse_a_socket_they_did_not_start(tmp_path):
     assert "DOGESTRY_TEST_ENGINES" not in proc.stdout
     run([os.path.join(ROOT, "scripts", "engines"), "down"], env=env)
     TestEngine(name, host).api.version()  # down did not touch it
+
+
+def demo(*args, env):
+    return run([os.path.join(ROOT, "scripts", "demo"), *args], env=env, check=False, timeout=600)
+
+
+def assert_demo_left_nothing(output):
+    # Its temporary repository and private engine directories, named in what it printed.
+    for path in set(re.findall(r"(/(?:tmp|run)/dogestry-demo\.[A-Za-z0-9]+)", output)):
+        assert not os.path.exists(path), path
+        with open("/proc/mounts") as f:
+            assert path not in f.read()
+        assert run(["pgrep", "-f", path], check=False).returncode == 1, f"a process of {path} is alive"
+
+
+def test_demo_on_a_private_engine_says_so_and_leaves_nothing():
+    env = dict(os.environ, DOCKER_HOST="unix:///nonexistent/docker.sock")
+    proc = demo(env=env)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    assert "demo: no reachable Docker engine: started a private one at unix:///run/dogestry-demo." in proc.stderr
+    assert "hello from dogestry" in proc.stdout
+    assert "demo: stopped the private engine" in proc.stderr
+    assert not any(line.startswith("+") for line in out.splitlines())  # no shell trace
+    assert_demo_left_nothing(out)
+
+    # A failing step cleans up just the same.
+    proc = demo("/proc/no-such-repository", env=env)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out
+    assert "dogestry: " in proc.stderr and "demo: stopped the private engine" in proc.stderr
+    assert_demo_left_nothing(out)
+
+
+def test_demo_on_the_engine_it_finds_removes_its_image():
+    name, host = next(iter(sorted(ENGINES.items())), (None, None))
+    if name is None:
+        pytest.fail("no Docker engine configured: run the tests with scripts/test")
+    proc = demo(env=dict(os.environ, DOCKER_HOST=host))
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    assert f"demo: using the Docker engine at {host} (Docker " in proc.stderr
+    assert "hello from dogestry" in proc.stdout
+    assert TestEngine(name, host).inspect("dogestry-demo:1") is None
+    assert_demo_left_nothing(out)
