@@ -26,6 +26,8 @@ def test_completion_of_commands_options_and_aliases(tmp_path):
     assert "--missing-in-docker" in complete("dogestry build-load-tar --mis", tmp_path, env)
     assert complete("dogestry pull cen", tmp_path, env) == {"central"}
     assert {"central", "backup"} <= complete("dogestry show-ref ", tmp_path, env)
+    assert complete("dogestry help re", tmp_path, env) == {"remote", "repository", "resolve-ref"}
+    assert complete("dogestry pull -v cen", tmp_path, env) == {"central"}  # a global option after the command
 
 
 def test_completion_of_remote_refs_and_engine_images(engine, unique, tmp_path):
