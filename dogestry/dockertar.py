@@ -496,11 +496,12 @@ def _join_path(base, rel):
 
 
 def _resolve(path, links):
+    start = path
     for _ in range(16):
         if path not in links:
             return path
         path = links[path]
-    return path
+    raise DogestryError(f"the save stream's link {_show(start)} is part of a loop or a chain of more than 16 links")
 
 
 # -- writing load tars ----------------------------------------------------------------
