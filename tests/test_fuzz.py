@@ -34,8 +34,10 @@ from dogestry.refs import looks_like_id, parse_ref
 from dogestry.repo import Repository
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-QUICK = settings(max_examples=300, deadline=None)
+# CI runs a short budget; DOGESTRY_FUZZ_SCALE=20 (say) runs a deeper hunt by hand.
+SCALE = float(os.environ.get("DOGESTRY_FUZZ_SCALE", "1"))
+FUZZ = settings(max_examples=int(150 * SCALE), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+QUICK = settings(max_examples=int(300 * SCALE), deadline=None)
 
 
 def expect_clean(fn, *args):
