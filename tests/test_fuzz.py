@@ -546,3 +546,92 @@ def test_hostile_stream_memory_is_bounded(tmp_path, case):
                           capture_output=True, timeout=120)
     out = proc.stdout.decode()
     assert out.startswith("DogestryError") and "\n" not in out.strip(), (out, proc.stderr.decode()[-2000:])
+
+
+# -- repository readers ---------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def stored(tmp_path_factory):
+    """A repository holding one image and a ref, saved from the docker-25 seed; returns
+    (root, image id, {kind: key of the file of that kind})."""
+    root = tmp_path_factory.mktemp("stored") / "repo"
+    repo = Repository(open_backend(str(root)))
+    saved = read_save_stream(io.BytesIO(SEEDS["docker-25"]), _Sink(repo))[0]
+    image = Image.from_config(saved.config, saved.layer_results)
+    repo.put_config(image.config)
+    repo.put_image(image)
+    repo.set_ref(parse_ref("app:2"), image.id)
+    layer = image.layers[0].diff_id[7:]
+    keys = {"marker": "dogestry.json", "ref": "repositories/app/2", "record": f"images/sha256/{image.id[7:]}.json",
+            "config": f"configs/sha256/{image.id[7:]}", "descriptor": f"layers/sha256/{layer}.json",
+            "layer": f"layers/sha256/{layer}"}
+    return root, image.id, keys
+
+
+def _pull_reads(root):
+    """What a pull reads from a repository: marker, ref, record, config, descriptors, layers."""
+    repo = Repository(open_backend(str(root)))
+    read = 0
+    for image_id, ref in repo.list_refs():
+        image = repo.load_image(repo.resolve(str(ref))[0], tags=[ref])
+        for layer in image.layers:
+            for chunk in repo.layer_chunks(repo.layer_descriptor(layer.diff_id)):
+                read += len(chunk)
+    return read
+
+
+def test_repository_seed_is_read_whole(stored):
+    assert _pull_reads(stored[0]) == len(L1) + len(L2)
+
+
+@FUZZ
+@given(st.sampled_from(["marker", "ref", "record", "config", "descriptor", "layer"]),
+       st.binary(max_size=300) | st.builds(lambda obj: json.dumps(obj).encode(), json_values),
+       st.booleans())
+@example("layer", b"\x04\x22\x4d\x18" + b"\0" * 30, False)
+@example("ref", b"sha256:" + b"0" * 64 + b"\n", False)
+@example("descriptor", b'{"diff_id": 1}', True)
+def test_repository_readers_over_hostile_files(stored, kind, data, append):
+    root, _, keys = stored
+    path = root / keys[kind]
+    original = path.read_bytes()
+    mode = path.stat().st_mode
+    path.chmod(0o644)
+    try:
+        path.write_bytes(original + data if append else data)
+        expect_clean(_pull_reads, root)
+    finally:
+        path.write_bytes(original)
+        path.chmod(mode)
+
+
+# one path component each, never "/" (an absolute component would leave the repository)
+_component = st.text(st.characters(blacklist_characters="/\0"), min_size=1, max_size=30).filter(
+    lambda c: c not in (".", ".."))
+
+
+@QUICK
+@given(_component, _component)
+@example("app", "x\ny")
+@example("APP", "1")
+@example("app", ".hidden")
+def test_repository_ref_files_with_hostile_names(stored, name, tag):
+    """A ref file a hostile writer named: listing and resolving refs stay clean."""
+    root = stored[0]
+    try:
+        directory = root / "repositories" / name
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / tag).write_bytes(b"sha256:" + b"0" * 64 + b"\n")
+    except (OSError, ValueError):
+        return  # a name this file system refuses cannot be in a repository either
+    try:
+        expect_clean(_pull_reads, root)
+    finally:
+        (directory / tag).unlink()
+        for parent in [directory, *directory.parents]:
+            if parent == root / "repositories":
+                break
+            try:
+                parent.rmdir()
+            except OSError:
+                break
