@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from dogestry import compress
 from dogestry.backends import open_backend
 from dogestry.config import Config
-from dogestry.dockertar import read_save_stream
+from dogestry.dockertar import MAX_METADATA, read_save_stream
 from dogestry.errors import DogestryError
 from dogestry.image import Image, LayerDescriptor
 from dogestry.records import read_records
@@ -455,7 +455,7 @@ MEMORY_PROBE = textwrap.dedent('''
     sys.path.insert(0, {root!r})
     resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
     from dogestry.backends import open_backend
-    from dogestry.dockertar import read_save_stream
+    from dogestry.dockertar import MAX_METADATA, read_save_stream
     from dogestry.errors import DogestryError
     from dogestry.repo import Repository
 
@@ -518,7 +518,7 @@ def _json_bomb_tar(manifest_bomb):
         config = json.dumps({"rootfs": {"diff_ids": [_digest(L2)] * 100}}).encode()
         manifest = json.dumps([{"Config": "c.json", "Layers": ["l.json"] * 100}] * 60000).encode()
         return save_tar([("c.json", config), ("l.json", L2), ("manifest.json", manifest)], fmt=tarfile.USTAR_FORMAT)
-    body = b"[" + b",".join([b"{}"] * ((64 << 20) // 3 - 10)) + b"]"
+    body = b"[" + b",".join([b"{}"] * (MAX_METADATA // 3 - 10)) + b"]"  # as large as one may be
     names = [f"c{i}.json" for i in range(3)]
     manifest = json.dumps([{"Config": n, "Layers": []} for n in names]).encode()
     return save_tar([(n, body) for n in names] + [("manifest.json", manifest)], fmt=tarfile.USTAR_FORMAT)
@@ -584,7 +584,7 @@ def test_repository_seed_is_read_whole(stored):
     assert _pull_reads(stored[0]) == len(L1) + len(L2)
 
 
-@FUZZ
+@settings(FUZZ, max_examples=int(60 * SCALE))
 @given(st.sampled_from(["marker", "ref", "record", "config", "descriptor", "layer"]),
        st.binary(max_size=300) | st.builds(lambda obj: json.dumps(obj).encode(), json_values),
        st.booleans())
@@ -610,7 +610,7 @@ _component = st.text(st.characters(blacklist_characters="/\0"), min_size=1, max_
     lambda c: c not in (".", ".."))
 
 
-@QUICK
+@settings(QUICK, max_examples=int(60 * SCALE))
 @given(_component, _component)
 @example("app", "x\ny")
 @example("APP", "1")
