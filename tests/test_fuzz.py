@@ -31,7 +31,8 @@ from dogestry.errors import DogestryError
 from dogestry.image import Image, LayerDescriptor
 from dogestry.records import read_records
 from dogestry.refs import looks_like_id, parse_ref
-from dogestry.repo import Repository
+from dogestry.repo import (FORMAT_KEY, Repository, config_key, image_key, layer_descriptor_key, layer_key,
+                           ref_key)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # CI runs a short budget; DOGESTRY_FUZZ_SCALE=20 (say) runs a deeper hunt by hand.
@@ -457,7 +458,8 @@ MEMORY_PROBE = textwrap.dedent('''
     from dogestry.backends import open_backend
     from dogestry.dockertar import MAX_METADATA, read_save_stream
     from dogestry.errors import DogestryError
-    from dogestry.repo import Repository
+    from dogestry.repo import (FORMAT_KEY, Repository, config_key, image_key, layer_descriptor_key, layer_key,
+                           ref_key)
 
     def numbered_entries():
         # endless distinct empty *.json files, each a valid tar header
@@ -561,10 +563,10 @@ def stored(tmp_path_factory):
     repo.put_config(image.config)
     repo.put_image(image)
     repo.set_ref(parse_ref("app:2"), image.id)
-    layer = image.layers[0].diff_id[7:]
-    keys = {"marker": "dogestry.json", "ref": "repositories/app/2", "record": f"images/sha256/{image.id[7:]}.json",
-            "config": f"configs/sha256/{image.id[7:]}", "descriptor": f"layers/sha256/{layer}.json",
-            "layer": f"layers/sha256/{layer}"}
+    layer = image.layers[0].diff_id
+    # the layout is repo.py's to define: ask it where each kind of file lives
+    keys = {"marker": FORMAT_KEY, "ref": ref_key(parse_ref("app:2")), "record": image_key(image.id),
+            "config": config_key(image.id), "descriptor": layer_descriptor_key(layer), "layer": layer_key(layer)}
     return root, image.id, keys
 
 

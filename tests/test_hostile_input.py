@@ -133,9 +133,9 @@ def test_damaged_format_marker(tmp_path, marker):
 def test_newer_format_version_asks_for_an_upgrade(tmp_path):
     repo = tmp_path / "repo"
     repo.mkdir()
-    (repo / "dogestry.json").write_text('{"format": "dogestry-repository", "version": 2}\n')
-    err = _one_line_error(dogestry("remote", str(repo), check=False), 1)
-    assert "version 2" in err and "upgrade" in err
+    (repo / "dogestry.json").write_text('{"format": "dogestry-repository", "version": 99}\n')
+    err = _one_line_error(dogestry("show-ref", str(repo), check=False), 1)
+    assert "version 99" in err and "upgrade" in err
 
 
 @pytest.mark.parametrize("content", [b"garbage line\n", b"[remote \"x\"]\nurl = /a\0b\n", b"\0\0\0",
