@@ -233,7 +233,7 @@ def _gunzip_chunks(chunks, what):
         out = d.flush()
     except zlib.error as err:
         raise CorruptObject(f"{what} in the save stream is damaged gzip ({err})") from None
-    if fed:  # a member began and never ended: the layer would be silently short
+    if fed and not d.eof:  # a member began and never ended: the layer would be silently short
         raise CorruptObject(f"{what} in the save stream is truncated gzip")
     if out:
         yield out
