@@ -21,7 +21,14 @@ from .errors import UsageError
 
 _SECTION_RE = re.compile(r'^\[\s*([A-Za-z0-9_.-]+)(?:\s+"((?:[^"\\]|\\.)*)")?\s*\]$')
 _KEY_RE = re.compile(r"^([A-Za-z][A-Za-z0-9_-]*)\s*(?:=\s*(.*))?$")
+_CONTROL_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _TRUE = {"true", "yes", "on", "1"}
+MAX_FILE = 1 << 20  # a config of remotes and a few options; a larger file is not one
+
+
+def _show(line, limit=80):
+    """A line quoted for an error message: one line, and short whatever the input."""
+    return repr(line[:limit]) + ("..." if len(line) > limit else "")
 _FALSE = {"false", "no", "off", "0"}
 
 
@@ -49,6 +56,8 @@ class Config:
             line = raw.strip()
             if not line or line[0] in "#;":
                 continue
+            if _CONTROL_RE.search(line):
+                raise UsageError(f"{path}:{lineno}: control character in {_show(line)}; a config file is text")
             m = _SECTION_RE.match(line)
             if m:
                 current = (m.group(1).lower(), m.group(2))
@@ -56,7 +65,7 @@ class Config:
                 continue
             m = _KEY_RE.match(line)
             if not m or current is None:
-                raise UsageError(f"{path}:{lineno}: cannot parse {line!r}; expected [section] or key = value")
+                raise UsageError(f"{path}:{lineno}: cannot parse {_show(line)}; expected [section] or key = value")
             values[current][m.group(1).lower()] = _strip_comment(m.group(2) or "true")
         return cls(values, path)
 
@@ -68,12 +77,19 @@ class Config:
             if not os.path.exists(path):
                 return cls()
         try:
-            with open(path, encoding="utf-8") as f:
-                return cls.parse(f.read(), path)
+            with open(path, "rb") as f:
+                data = f.read(MAX_FILE + 1)
         except FileNotFoundError:
             raise UsageError(f"config file {path} does not exist") from None
         except OSError as err:
             raise UsageError(f"cannot read config file {path}: {err.strerror}") from None
+        if len(data) > MAX_FILE:
+            raise UsageError(f"config file {path} is larger than {MAX_FILE} bytes; it is not a dogestry.cfg")
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise UsageError(f"config file {path} is not UTF-8 text (byte {err.start})") from None
+        return cls.parse(text, path)
 
     def get(self, section, key, default=None, subsection=None):
         return self.values.get((section, subsection), {}).get(key, default)
@@ -86,7 +102,7 @@ class Config:
             return True
         if value.lower() in _FALSE:
             return False
-        raise UsageError(f"{self.path}: [{section}] {key} = {value!r} is not a boolean (true/false)")
+        raise UsageError(f"{self.path}: [{section}] {key} = {_show(value)} is not a boolean (true/false)")
 
     def remotes(self):
         return {sub: vals.get("url") for (sec, sub), vals in self.values.items() if sec == "remote" and sub}

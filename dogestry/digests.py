@@ -8,11 +8,12 @@ store is keyed by.
 import hashlib
 import re
 
-_DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+_DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
 
 
 def is_digest(text):
-    return bool(_DIGEST_RE.match(text))
+    # fullmatch: `$` would also accept a trailing newline, which then reaches key names
+    return isinstance(text, str) and bool(_DIGEST_RE.fullmatch(text))
 
 
 def sha256_digest(data):

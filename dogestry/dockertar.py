@@ -17,18 +17,26 @@ and `oci-layout` + `index.json` for the containerd store, with layers as uncompr
 """
 
 import json
+import re
 import tarfile
 import zlib
 
 from .digests import from_hex, is_digest, sha256_digest
-from .errors import DogestryError
+from .errors import CorruptObject, DogestryError, UsageError
+from .refs import parse_ref
 
 BLOCK = 512
 CHUNK = 1 << 20
-MAX_METADATA = 64 << 20   # one config or manifest held in memory
-MAX_HELD = 256 << 20      # all of them together
-MAX_ENTRIES = 100000      # links remembered
+# A save stream is input: these caps keep a hostile one (a pipe that never ends, a JSON
+# bomb) from making us allocate without bound. Real configs are kilobytes, a save of a
+# whole host a few thousand layers.
+MAX_METADATA = 16 << 20   # one config or manifest held in memory
+MAX_HELD = 64 << 20       # all of them together (each entry counts a block at least)
+MAX_ENTRIES = 100000      # links, and layers, remembered
 MAX_PAX = 1 << 20         # one pax or GNU long-name header
+MAX_JSON_ITEMS = 1 << 20  # commas and brackets in one JSON file: bounds its parsed size
+MAX_IMAGES = 10000        # images in one manifest.json
+MAX_LAYER_REFS = 1 << 17  # layer paths in one manifest.json, all images together
 
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -36,6 +44,11 @@ ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 class NotATar(DogestryError):
     pass
+
+
+def _show(name, limit=200):
+    """A name from the stream, quoted for a message: one line and short whatever it holds."""
+    return repr(name[:limit]) + ("..." if len(name) > limit else "")
 
 
 class TarEntry:
@@ -78,6 +91,8 @@ class _Reader:
         self.offset = 0
 
     def read_exact(self, n):
+        if n < 0:  # read(-1) would be the whole, maybe endless, stream
+            raise NotATar("the tar stream has a negative size")
         data = self._f.read(n)
         while len(data) < n:
             more = self._f.read(n - len(data))
@@ -99,10 +114,9 @@ def _number(block, start, length):
             raise NotATar("the tar stream has a negative or oversized number field")
         return int.from_bytes(raw[1:], "big")
     text = raw.split(b"\0", 1)[0].strip(b" ")
-    try:
-        return int(text or b"0", 8)
-    except ValueError:
-        raise NotATar("the tar stream has a damaged number field") from None
+    if text.strip(b"01234567"):  # int() would also take a sign, 0o, _ and inner spaces
+        raise NotATar("the tar stream has a damaged number field")
+    return int(text or b"0", 8)
 
 
 def _pax_records(data):
@@ -119,7 +133,8 @@ def _pax_records(data):
             pos += length
     except ValueError:
         raise NotATar("the tar stream has a damaged pax header") from None
-    if "size" in records and not records["size"].isdigit():
+    # ASCII digits, and few: str.isdigit() takes '²', and int() refuses over 4300 digits
+    if "size" in records and not re.fullmatch(r"[0-9]{1,20}", records["size"]):
         raise NotATar("the tar stream has a damaged pax size")
     return records
 
@@ -197,34 +212,45 @@ def iter_tar(fileobj):
         yield entry
 
 
-def _gunzip_chunks(chunks):
+def _gunzip_chunks(chunks, what):
     """Decompress gzip (concatenated members too) in pieces of at most CHUNK bytes."""
     d = zlib.decompressobj(16 + zlib.MAX_WBITS)
-    for chunk in chunks:
-        data = chunk
-        while data:
-            out = d.decompress(data, CHUNK)
-            if out:
-                yield out
-            if d.eof:  # a member ended: what follows it is the next one
-                data = d.unused_data
-                d = zlib.decompressobj(16 + zlib.MAX_WBITS)
-            else:
-                data = d.unconsumed_tail
-    out = d.flush()
+    fed = False  # bytes went into the current member
+    try:
+        for chunk in chunks:
+            data = chunk
+            while data:
+                fed = True
+                out = d.decompress(data, CHUNK)
+                if out:
+                    yield out
+                if d.eof:  # a member ended: what follows it is the next one
+                    data = d.unused_data
+                    d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+                    fed = False
+                else:
+                    data = d.unconsumed_tail
+        out = d.flush()
+    except zlib.error as err:
+        raise CorruptObject(f"{what} in the save stream is damaged gzip ({err})") from None
+    if fed and not d.eof:  # a member began and never ended: the layer would be silently short
+        raise CorruptObject(f"{what} in the save stream is truncated gzip")
     if out:
         yield out
 
 
-def _unzstd_chunks(chunks):
+def _unzstd_chunks(chunks, what):
     try:
         import zstandard
     except ImportError:
         raise DogestryError("this image has zstd-compressed layers: install the 'zstandard' Python package "
                             "(pip install zstandard) to read them") from None
     reader = zstandard.ZstdDecompressor().stream_reader(_ChunkReader(chunks), read_across_frames=True)
-    while out := reader.read(CHUNK):  # bounded pieces, whatever the ratio
-        yield out
+    try:
+        while out := reader.read(CHUNK):  # bounded pieces, whatever the ratio
+            yield out
+    except zstandard.ZstdError as err:
+        raise CorruptObject(f"{what} in the save stream is damaged zstd ({err})") from None
 
 
 class _ChunkReader:
@@ -242,12 +268,13 @@ class _ChunkReader:
         return out
 
 
-def uncompressed_chunks(first, chunks):
-    """Undo a registry/containerd compression, recognised by its magic bytes."""
+def uncompressed_chunks(first, chunks, what="a layer"):
+    """Undo a registry/containerd compression, recognised by its magic bytes; damage is a
+    CorruptObject naming `what`."""
     if first.startswith(GZIP_MAGIC):
-        return _gunzip_chunks(chunks)
+        return _gunzip_chunks(chunks, what)
     if first.startswith(ZSTD_MAGIC):
-        return _unzstd_chunks(chunks)
+        return _unzstd_chunks(chunks, what)
     return chunks
 
 
@@ -295,8 +322,7 @@ def _scan(fileobj, sink, progress):
     for entry in iter_tar(fileobj):
         name = entry.name
         if entry.is_link:
-            if len(found.links) >= MAX_ENTRIES:
-                raise DogestryError("the save stream has implausibly many links")
+            _count(found)
             target = entry.linkname
             if entry.type == b"2" and "/" in name and not target.startswith("/"):
                 target = _join_path(name.rsplit("/", 1)[0], target)
@@ -306,7 +332,9 @@ def _scan(fileobj, sink, progress):
             continue
         if name.endswith("/layer.tar") and name.count("/") == 1:
             first = entry.read(CHUNK)
-            found.layers[name] = sink.store(uncompressed_chunks(first, tracked(entry, first)), None, name, entry.size)
+            _count(found)
+            found.layers[name] = sink.store(uncompressed_chunks(first, tracked(entry, first), f"layer {_show(name)}"),
+                                            None, name, entry.size)
         elif name.startswith("blobs/sha256/") and name.count("/") == 2 and from_hex(name[13:]):
             _scan_blob(entry, from_hex(name[13:]), found, sink, progress, tracked)
         elif "/" not in name and (name.endswith(".json") or name in ("repositories", "oci-layout")):
@@ -324,8 +352,11 @@ def _scan_blob(entry, digest, found, sink, progress, tracked):
     first = entry.read(CHUNK)
     name = entry.name
     if first.startswith(GZIP_MAGIC) or first.startswith(ZSTD_MAGIC):
-        found.layers[name] = sink.store(uncompressed_chunks(first, tracked(entry, first)), None, name, entry.size)
+        _count(found)
+        found.layers[name] = sink.store(uncompressed_chunks(first, tracked(entry, first), f"layer {_show(name)}"),
+                                        None, name, entry.size)
     elif _is_tar_start(first):
+        _count(found)
         known = sink.known(digest, entry.size)
         if known is not None:
             entry.drain()
@@ -351,16 +382,28 @@ def _is_tar_start(data):
         return False
 
 
+def _count(found):
+    if len(found.links) + len(found.layers) >= MAX_ENTRIES:
+        raise DogestryError(f"the save stream has more than {MAX_ENTRIES} layers and links; it is not an image export")
+
+
 def _hold(found, name, entry, first=b""):
-    if entry.size > MAX_METADATA or found.held + entry.size > MAX_HELD:
-        raise DogestryError(f"{name} in the save stream is implausibly large ({entry.size} bytes) for an image "
-                            "config or manifest")
+    if entry.size > MAX_METADATA:
+        raise DogestryError(f"{_show(name)} in the save stream is implausibly large ({entry.size} bytes) for an "
+                            "image config or manifest")
+    # a block at least per entry: endless empty files are bounded too
+    if found.held + max(entry.size, BLOCK) > MAX_HELD:
+        raise DogestryError(f"the save stream holds more than {MAX_HELD >> 20} MiB of configs and manifests "
+                            f"(at {_show(name)}); it is not an image export")
     data = first + entry.read(entry.size - len(first)) if entry.size > len(first) else first
     found.metadata[name] = data
-    found.held += len(data)
+    found.held += max(len(data), BLOCK)
 
 
 def _load_json(data, what):
+    # Parsed JSON can be 20 times its text ('[{},{},...]'): bound the number of values.
+    if data.count(b",") + data.count(b"[") + data.count(b"{") > MAX_JSON_ITEMS:
+        raise DogestryError(f"{what} in the save stream has implausibly many JSON values")
     try:
         return json.loads(data)
     except (ValueError, RecursionError):
@@ -373,6 +416,10 @@ def _manifest_items(found):
     manifest = _load_json(found.metadata["manifest.json"], "manifest.json")
     if not isinstance(manifest, list):
         raise DogestryError("manifest.json in the save stream is not a list of images")
+    if len(manifest) > MAX_IMAGES:
+        raise DogestryError(f"manifest.json in the save stream lists {len(manifest)} images; more than {MAX_IMAGES} "
+                            "is not an image export")
+    layer_refs = 0
     for item in manifest:
         if not (isinstance(item, dict) and isinstance(item.get("Config"), str)
                 and isinstance(item.get("Layers") or [], list)
@@ -381,11 +428,19 @@ def _manifest_items(found):
                 and all(isinstance(t, str) for t in item.get("RepoTags") or [])):
             raise DogestryError("manifest.json in the save stream has an entry that is not "
                                 "{Config, Layers, RepoTags}")
+        layer_refs += len(item.get("Layers") or [])
+        if layer_refs > MAX_LAYER_REFS:
+            raise DogestryError(f"manifest.json in the save stream names more than {MAX_LAYER_REFS} layers")
+        for tag in item.get("RepoTags") or []:
+            try:
+                parse_ref(tag)
+            except UsageError:  # a damaged export, not a wrong command line
+                raise DogestryError(f"manifest.json in the save stream has an invalid tag {_show(tag)}") from None
         yield item["Config"], item.get("Layers") or [], item.get("RepoTags") or []
 
 
 def _config_diff_ids(config, path):
-    obj = _load_json(config, f"config {path}")
+    obj = _load_json(config, f"config {_show(path)}")
     try:
         diff_ids = obj["rootfs"]["diff_ids"]
         if diff_ids is None:
@@ -393,21 +448,23 @@ def _config_diff_ids(config, path):
         if not isinstance(diff_ids, list) or not all(isinstance(d, str) and is_digest(d) for d in diff_ids):
             raise TypeError
     except (KeyError, TypeError):
-        raise DogestryError(f"config {path} in the save stream has no valid rootfs.diff_ids") from None
+        raise DogestryError(f"config {_show(path)} in the save stream has no valid rootfs.diff_ids") from None
     return diff_ids
 
 
 def _join(found, sink):
     """Join the manifest's images to what the scan stored."""
-    images = []
+    images, parsed = [], {}  # each config parsed once, however often the manifest names it
     for config_path, layer_paths, repo_tags in _manifest_items(found):
         config_path = _resolve(config_path, found.links)
         config = found.metadata.get(config_path)
         if config is None:
-            raise DogestryError(f"the save stream lacks the config {config_path!r} named by manifest.json")
-        diff_ids = _config_diff_ids(config, config_path)
+            raise DogestryError(f"the save stream lacks the config {_show(config_path)} named by manifest.json")
+        if config_path not in parsed:
+            parsed[config_path] = _config_diff_ids(config, config_path)
+        diff_ids = parsed[config_path]
         if len(layer_paths) != len(diff_ids):
-            raise DogestryError(f"manifest.json lists {len(layer_paths)} layers but config {config_path} "
+            raise DogestryError(f"manifest.json lists {len(layer_paths)} layers but config {_show(config_path)} "
                                 f"has {len(diff_ids)}")
         results = []
         for path, diff_id in zip(layer_paths, diff_ids):
@@ -415,12 +472,12 @@ def _join(found, sink):
             result = found.layers.get(path)
             if result is None and path in found.metadata:  # a layer too odd to recognise: try it
                 data = found.metadata[path]
-                result = found.layers[path] = sink.store(uncompressed_chunks(data, iter([data])), None, path,
-                                                         len(data))
+                result = found.layers[path] = sink.store(uncompressed_chunks(data, iter([data]), f"layer {_show(path)}"),
+                                                         None, path, len(data))
             if result is None:
-                raise DogestryError(f"the save stream lacks layer {path} named by manifest.json")
+                raise DogestryError(f"the save stream lacks layer {_show(path)} named by manifest.json")
             if result.diff_id != diff_id:
-                raise DogestryError(f"layer {path} in the save stream has diffID {result.diff_id}, "
+                raise DogestryError(f"layer {_show(path)} in the save stream has diffID {result.diff_id}, "
                                     f"but the image config expects {diff_id}")
             results.append(result)
         images.append(SavedImage(config, diff_ids, results, repo_tags))
@@ -439,11 +496,12 @@ def _join_path(base, rel):
 
 
 def _resolve(path, links):
+    start = path
     for _ in range(16):
         if path not in links:
             return path
         path = links[path]
-    return path
+    raise DogestryError(f"the save stream's link {_show(start)} is part of a loop or a chain of more than 16 links")
 
 
 # -- writing load tars ----------------------------------------------------------------

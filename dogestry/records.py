@@ -14,7 +14,18 @@ MAX_RECORD = 64 << 10  # no record of ours comes near this; a longer one is not 
 
 
 def read_records(stream, nul=False):
-    """Yield the records on a text stream as lists of fields, skipping blank ones."""
+    """Yield the records on a text stream as lists of fields, skipping blank ones.
+
+    Input that is not UTF-8 is a UsageError: records are ids, digests and refs, all ASCII.
+    """
+    try:
+        yield from _records(stream, nul)
+    except UnicodeDecodeError as err:
+        raise UsageError(f"an input record is not valid UTF-8 (byte 0x{err.object[err.start]:02x}); expected "
+                         "'<image-id> [<name>:<tag>]' or '<kind> <digest> ...' records") from None
+
+
+def _records(stream, nul):
     if not nul:
         while line := stream.readline(MAX_RECORD + 1):
             if len(line) > MAX_RECORD:
@@ -46,7 +57,7 @@ def _pieces(stream):
         return
     import codecs
 
-    decoder = codecs.getincrementaldecoder("utf-8")("replace")
+    decoder = codecs.getincrementaldecoder("utf-8")()  # strict, as in the line mode
     while data := raw.read1(4096):
         yield decoder.decode(data)
     yield decoder.decode(b"", final=True)

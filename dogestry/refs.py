@@ -13,9 +13,11 @@ from .errors import UsageError
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 _DOMAIN_PART = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
 _DOMAIN = rf"(?:{_DOMAIN_PART}(?:\.{_DOMAIN_PART})*|\[[0-9a-fA-F:]+\])(?::[0-9]+)?"
-_NAME_RE = re.compile(rf"^(?:{_DOMAIN}/)?{_COMPONENT}(?:/{_COMPONENT})*$")
-_TAG_RE = re.compile(r"^[\w][\w.-]{0,127}$")
-_ID_RE = re.compile(r"^(?:sha256:)?[0-9a-f]{1,64}$")
+# Matched with fullmatch (`$` also accepts a trailing newline) and ASCII-only `\w` (Docker's
+# grammar is ASCII; `é` is a word character to Python): a ref becomes an object key.
+_NAME_RE = re.compile(rf"(?:{_DOMAIN}/)?{_COMPONENT}(?:/{_COMPONENT})*")
+_TAG_RE = re.compile(r"[\w][\w.-]{0,127}", re.ASCII)
+_ID_RE = re.compile(r"(?:sha256:)?[0-9a-f]{1,64}")
 _MAX_NAME = 255
 
 DEFAULT_TAG = "latest"
@@ -74,17 +76,17 @@ def parse_ref(text, default_tag=DEFAULT_TAG):
     if colon > slash:
         name, tag = text[:colon], text[colon + 1:]
     name = familiar_name(name)
-    if not name or len(name) > _MAX_NAME or not _NAME_RE.match(name):
+    if not name or len(name) > _MAX_NAME or not _NAME_RE.fullmatch(name):
         raise UsageError(f"invalid image name {name!r} in {text!r}: use lowercase letters, digits and separators (. _ -), "
                          "components joined by /, optionally after a registry host[:port]")
-    if not _TAG_RE.match(tag):
+    if not _TAG_RE.fullmatch(tag):
         raise UsageError(f"invalid tag {tag!r} in {text!r}: a tag is up to 128 of [A-Za-z0-9_.-], not starting with . or -")
     return Ref(name, tag)
 
 
 def looks_like_id(text):
     """True for a full or abbreviated image id (`sha256:abc...` or hex)."""
-    return bool(_ID_RE.match(text))
+    return bool(_ID_RE.fullmatch(text))
 
 
 def normalize_id(text):
