@@ -20,6 +20,7 @@ Version 1 is read as it is and upgraded to version 2 by the first write (upgrade
 """
 
 import fnmatch
+import json
 import os
 
 from . import layerstore
@@ -131,6 +132,12 @@ def object_of_key(key):
     return kind, f"sha256:{name}"
 
 
+def _shown(value):
+    """A value from a file, as the file says it and short enough for one line."""
+    text = json.dumps(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def _marker(version):
     return f'{{"format": "{FORMAT_NAME}", "version": {version}}}\n'.encode()
 
@@ -168,9 +175,10 @@ class Repository:
             raise DogestryError(f"{self.location} has a damaged {FORMAT_KEY}; it is not a repository this "
                                 "dogestry can read") from None
         if name != FORMAT_NAME:
-            raise DogestryError(f"{self.location} is not a dogestry repository ({FORMAT_KEY} says {name!r})")
+            raise DogestryError(f"{self.location} is not a dogestry repository ({FORMAT_KEY} says "
+                                f"{_shown(name)})")
         if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-            raise DogestryError(f"{self.location} has a damaged {FORMAT_KEY}: version {version!r} is not a "
+            raise DogestryError(f"{self.location} has a damaged {FORMAT_KEY}: version {_shown(version)} is not a "
                                 "format version")
         return version
 

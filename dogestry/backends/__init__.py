@@ -270,7 +270,10 @@ def open_backend(url, temp_dir=None, config=None):
             raise UsageError("empty repository location")
         factory = _local
     else:
-        scheme = urlsplit(url).scheme.lower()
+        try:
+            scheme = urlsplit(url).scheme.lower()
+        except ValueError as err:
+            raise UsageError(f"invalid repository URL {mask_url(url)[:200]!r}: {err}") from None
         factory = SCHEMES.get(scheme)
         if factory is None:
             supported = ", ".join(f"{s}://" for s in SCHEMES)

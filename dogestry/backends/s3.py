@@ -36,7 +36,11 @@ _TRANSIENT_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTim
 
 
 def parse_s3_url(url):
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        parts.port  # a port that is not a number raises here
+    except ValueError as err:
+        raise UsageError(f"invalid S3 URL {url[:200]!r}: {err}") from None
     bucket = parts.netloc
     if not bucket:
         raise UsageError(f"S3 URL {url!r} has no bucket; write s3://BUCKET/PREFIX/")
@@ -46,7 +50,8 @@ def parse_s3_url(url):
     query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
     unknown = set(query) - _OPTIONS
     if unknown:
-        raise UsageError(f"unknown S3 URL option(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(_OPTIONS))}")
+        shown = ", ".join(repr(k[:40]) for k in sorted(unknown)[:5])
+        raise UsageError(f"unknown S3 URL option(s) {shown}; known: {', '.join(sorted(_OPTIONS))}")
     if query.get("addressing", "path") not in ("path", "virtual", "auto"):
         raise UsageError("addressing= takes path, virtual or auto")
     if query.get("checksums", "when_required") not in ("when_required", "when_supported"):
@@ -58,13 +63,13 @@ def parse_s3_url(url):
 
 def check_endpoint(endpoint, where):
     """An S3 endpoint is http(s)://host[:port][/path]; anything else is a usage error, said now."""
-    parts = urlsplit(endpoint)
     try:
+        parts = urlsplit(endpoint)
         parts.port  # a port that is not a number raises here
     except ValueError:
         parts = None
     if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
-        raise UsageError(f"{where} {endpoint!r} is not an S3 endpoint URL; write http(s)://HOST[:PORT]")
+        raise UsageError(f"{where} {endpoint[:200]!r} is not an S3 endpoint URL; write http(s)://HOST[:PORT]")
     return endpoint
 
 
