@@ -8,11 +8,13 @@ would: no finally block, no atexit, no flush runs.
     before-put, put            before / after put(key, ...)          (descriptors, configs, records, refs)
     before-put_file, put_file  before / after put_file(key, ...)     (a spooled layer's data)
     before-commit, commit      before / after a streamed writer's commit()
-    write                      before the Nth write() of writers of matching keys; the
-                               pseudo-key `spool` matches writes into spool() files
-    read                       before the Nth read() of readers open() on matching keys
+    write                      before the Nth write() into one writer of a matching key (so
+                               N > 1 is always mid-object); the pseudo-key `spool` matches
+                               spool() files
+    read                       before the Nth read() from one reader open() on a matching key
 
-N counts from 1 and defaults to 1. Everything else is forwarded to the real backend, so
+N counts from 1 and defaults to 1: matching operations for put, put_file and commit, calls
+on one object for write and read. Everything else is forwarded to the real backend, so
 the wrapper is invisible until its point is reached.
 """
 
@@ -48,12 +50,14 @@ class _Point:
         self.op, self.glob, self.n = parse(spec)
         self.seen = 0
 
-    def hit(self, op, key):
-        """Count an operation; kill the process when it is the chosen one."""
+    def hit(self, op, key, count=None):
+        """Count an operation (or take an object's own count); kill the process at the chosen one."""
         if op != self.op or not fnmatch.fnmatchcase(key, self.glob):
             return
-        self.seen += 1
-        if self.seen == self.n:
+        if count is None:
+            self.seen += 1
+            count = self.seen
+        if count == self.n:
             die()
 
 
@@ -70,10 +74,11 @@ class _Forwarding:
 class _Writer(_Forwarding):
     def __init__(self, inner, point, key):
         super().__init__(inner)
-        self._point, self._key = point, key
+        self._point, self._key, self._writes = point, key, 0
 
     def write(self, data):
-        self._point.hit("write", self._key)
+        self._writes += 1
+        self._point.hit("write", self._key, self._writes)
         return self._inner.write(data)
 
     def commit(self):
@@ -86,10 +91,11 @@ class _Writer(_Forwarding):
 class _Reader(_Forwarding):
     def __init__(self, inner, point, key):
         super().__init__(inner)
-        self._point, self._key = point, key
+        self._point, self._key, self._reads = point, key, 0
 
     def read(self, *args):
-        self._point.hit("read", self._key)
+        self._reads += 1
+        self._point.hit("read", self._key, self._reads)
         return self._inner.read(*args)
 
 
