@@ -15,10 +15,10 @@ the stored objects itself (it does not trust dogestry's own verification).
 """
 
 import hashlib
-import io
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -254,7 +254,6 @@ LOCAL_D20 = [
     ("mid-layer", "write:spool:7", "none", "lz4"),
     ("data-spooled-not-published", "before-put_file:layers/sha256/*", "lz4", "none"),
     ("between-data-and-descriptor", "put_file:layers/sha256/*:2", "lz4", "none"),
-    ("between-data-and-descriptor-none", "put_file:layers/sha256/*:3", "none", "lz4"),
     ("between-layers", "put:layers/sha256/*.json:2", "none", "lz4"),
     ("between-layers-and-configs", "before-put:configs/*", "lz4", "none"),
     ("between-config-and-record", "put:configs/*:1", "none", "lz4"),
@@ -431,30 +430,37 @@ def _damage(store, apps, how):
     return apps.big
 
 
+@pytest.fixture(scope="module")
+def pushed20(apps20, tmp_path_factory):
+    """apps20's app:1 in a local repository, for tests that damage a copy of it."""
+    root = tmp_path_factory.mktemp("pushed") / "repo"
+    dogestry("push", str(root), apps20.app1, env=apps20.engine.env())
+    return root
+
+
+# The images were built on d20; d26 lacks them, so a pull there has everything to load.
 @pytest.mark.parametrize("how", ["flipped-byte", "truncated", "swapped-object", "mismatched-config"])
-def test_damaged_repository_is_never_loaded(d20, tmp_path, how):
-    apps = Apps(d20, big=3 << 20)
+def test_damaged_repository_is_never_loaded(apps20, pushed20, engine_named, tmp_path, how):
+    d26 = engine_named("d26")
+    shutil.copytree(pushed20, tmp_path / "repo")
     store = LocalStore(tmp_path / "repo")
-    dogestry("push", store.url, apps.app1, env=d20.env())
-    d20.rmi(apps.app2, apps.app1, apps.base)
-    named = _damage(store, apps, how)
-    err = _one_line_error(dogestry("pull", store.url, apps.app1, env=d20.env(), check=False))
+    named = _damage(store, apps20, how)
+    err = _one_line_error(dogestry("pull", store.url, apps20.app1, env=d26.env(), check=False))
     assert named in err and "corrupt" in err, err
-    assert _unchanged_or_whole(d20, apps, apps.app1) == "unchanged"
+    assert _unchanged_or_whole(d26, apps20, apps20.app1) == "unchanged"
 
 
-def test_damage_in_transit_is_never_loaded(d20, seaweed_server):
-    apps = Apps(d20, big=3 << 20)
-    env = seaweed_server.env(d20.env())
+def test_damage_in_transit_is_never_loaded(apps20, engine_named, seaweed_server):
+    d26 = engine_named("d26")
     with FaultProxy(seaweed_server.endpoint) as proxy:
         store = S3Store(seaweed_server, endpoint=proxy.url)
-        dogestry("push", store.url, apps.app1, env=env)
-        d20.rmi(apps.app2, apps.app1, apps.base)
-        proxy.faults = [Fault("GET", f"layers/sha256/{apps.big[7:]}", "flip", times=100)]
-        err = _one_line_error(dogestry("pull", store.url, apps.app1, env=env, check=False))
-        assert apps.big in err and "corrupt" in err, err
-        assert "flip" in [s for _, _, s in proxy.requests("GET", apps.big[7:])]
-    assert _unchanged_or_whole(d20, apps, apps.app1) == "unchanged"
+        dogestry("push", store.url, apps20.app1, env=seaweed_server.env(apps20.engine.env()))
+        proxy.faults = [Fault("GET", f"layers/sha256/{apps20.big[7:]}", "flip", times=100)]
+        err = _one_line_error(dogestry("pull", store.url, apps20.app1, env=seaweed_server.env(d26.env()),
+                                       check=False))
+        assert apps20.big in err and "corrupt" in err, err
+        assert "flip" in [s for _, _, s in proxy.requests("GET", apps20.big[7:])]
+    assert _unchanged_or_whole(d26, apps20, apps20.app1) == "unchanged"
 
 
 # -- faults on the wire -----------------------------------------------------------------------
@@ -463,7 +469,7 @@ WIRE_BOUND = 120  # seconds: a push or pull of these images through every inject
 
 
 def test_transient_faults_end_in_success_within_a_bound(d20, seaweed_server):
-    apps = Apps(d20, big=20 << 20)
+    apps = Apps(d20, big=17 << 20)  # three parts of 8 MiB
     env = seaweed_server.env(d20.env())
     big = apps.big[7:]
     with FaultProxy(seaweed_server.endpoint) as proxy:
@@ -557,7 +563,7 @@ def test_same_image_pushed_twice_at_once_in_two_codecs(apps26, configs, tmp_path
     env = apps26.engine.env()
     for store, store_env in ((LocalStore(tmp_path / "repo"), env), (S3Store(seaweed_server), seaweed_server.env(env))):
         _all_succeeded(_run_all([(["push", store.url, apps26.app2], dict(store_env, DOGESTRY_CONFIG=configs[codec]))
-                                 for codec in ("lz4", "none", "lz4", "none")]))
+                                 for codec in ("lz4", "none")]))
         check_repository(store)
         assert dogestry("build-load-tar", store.url, apps26.ids[apps26.app2], env=store_env).returncode == 0
 
@@ -751,7 +757,7 @@ def test_no_secret_in_any_output_or_debug_traceback(d20, seaweed_server, tmp_pat
     wrong.update(AWS_ACCESS_KEY_ID="AKIALEAKCHECK7QX2ZZ9", AWS_SECRET_ACCESS_KEY="leak/secret+Kq8vLr2mXw9",
                  AWS_SESSION_TOKEN="leaktokenFQoGZXIvYXdzEJr")
     cfg = tmp_path / "secret.cfg"
-    cfg.write_text(f"[s3]\n  access-key-id = AKIACFGLEAK55RT7\n  secret-key = cfg/secret+Zz81Qa\n")
+    cfg.write_text("[s3]\n  access-key-id = AKIACFGLEAK55RT7\n  secret-key = cfg/secret+Zz81Qa\n")
     cfg.chmod(0o644)
     no_aws = {k: v for k, v in base_env.items() if not k.startswith("AWS_")}
     tampered = shared.replace("X-Amz-Signature=", "X-Amz-Signature=0")
