@@ -162,10 +162,13 @@ _FETCHING, _READY, _FAILED = "fetching", "ready", "failed"
 class SharedLayers:
     """Layers and records read once from repo for all the engines of a fleet pull.
 
-    A layer's state: absent (nobody has asked), fetching (into a spool; readers wait),
-    ready (a complete, verified spool), failed (the error every reader gets). Readers are
-    counted from the plans; a layer with one reader is never spooled, and a spool goes as
-    soon as its last planned reader is done (close() removes whatever is left)."""
+    A shared layer is fetched by one thread into a spool file; every engine's load follows
+    that file as it grows (so the loads overlap the fetch, even of the same layer), and
+    checks the diffID and size itself before the last chunk goes out. A layer's state:
+    absent (nobody has asked), fetching (readers follow the bytes written so far), ready
+    (complete and verified), failed (the error every reader gets). Readers are counted from
+    the plans; a layer with one reader is never spooled, and a spool goes as soon as its
+    last planned reader is done (close() removes whatever is left)."""
 
     def __init__(self, ctx, repo, prefetch=PREFETCH):
         self.ctx, self.repo = ctx, repo
@@ -174,7 +177,7 @@ class SharedLayers:
         self._images = {}
         self._records_lock = threading.Lock()
         self._readers = {}  # diffID -> planned reads not yet done
-        self._state, self._spools, self._errors = {}, {}, {}
+        self._state, self._spools, self._written, self._errors = {}, {}, {}, {}
         self._closed = False
         self._prefetch = ThreadPoolExecutor(prefetch, thread_name_prefix="dogestry-fetch")
         self.fetched = []  # diffIDs read from the remote, in order (tests count them)
@@ -212,63 +215,69 @@ class SharedLayers:
                     progress.skip(diff_id, layer.uncompressed_size)  # every engine has it
         for diff_id, layer in order.items():
             if self._readers[diff_id] > 1:
-                self._prefetch.submit(self._claim_and_spool, layer)
+                self._prefetch.submit(self._spool, layer)
 
     def chunks(self, desc):
         """The layer's verified bytes for one engine (a generator: nothing happens until read)."""
         diff_id = desc.diff_id
-        direct = spooling = False
         with self._cond:
-            if diff_id not in self._state:
-                if self._readers.get(diff_id, 0) > 1:
-                    self._state[diff_id] = _FETCHING
-                    spooling = True
-                else:
-                    direct = True
+            direct = diff_id not in self._state and self._readers.get(diff_id, 0) <= 1
         try:
             if direct:
                 yield from self._fetch(desc)
                 return
-            if spooling:
-                self._spool(desc)
-            spool = self._open_spool(desc)
-            yield from _read_spool(spool, desc)
+            if self._claim(desc):  # asked before the fetcher got to it: fetch it beside this load
+                threading.Thread(target=self._fill, args=(desc,), name="dogestry-fetch", daemon=True).start()
+            yield from _verified(self._follow(desc), desc)
         finally:
             self._done(diff_id)
 
-    def _claim_and_spool(self, desc):
+    def _claim(self, desc):
+        """Make this caller the layer's one fetcher, unless someone already is (or was)."""
         with self._cond:
             if self._closed or desc.diff_id in self._state:
-                return
-            self._state[desc.diff_id] = _FETCHING
-        self._spool(desc)
+                return False
+            fd, path = tempfile.mkstemp(dir=self._dir, prefix=desc.diff_id[7:19] + "-")
+            os.close(fd)
+            self._state[desc.diff_id], self._spools[desc.diff_id], self._written[desc.diff_id] = _FETCHING, path, 0
+            return True
 
     def _spool(self, desc):
-        """Fetch the layer into a spool file (state: fetching -> ready or failed)."""
-        fd, path = tempfile.mkstemp(dir=self._dir, prefix=desc.diff_id[7:19] + "-")
+        if self._claim(desc):
+            self._fill(desc)
+
+    def _fill(self, desc):
+        """Fetch the layer into its spool, telling readers how far it got (state: fetching ->
+        ready or failed). The spool is unbuffered: what readers are told is in the file."""
+        diff_id = desc.diff_id
         error = None
         try:
-            with os.fdopen(fd, "wb") as spool:
+            with open(self._spools[diff_id], "wb", buffering=0) as spool:
                 source = self._fetch(desc)
                 try:
                     for chunk in source:
                         if self._closed:
                             raise DogestryError("the fleet pull ended before the layer was fetched")
-                        spool.write(chunk)
+                        view = memoryview(chunk)
+                        while view:
+                            view = view[spool.write(view):]
+                        with self._cond:
+                            self._written[diff_id] += len(chunk)
+                            self._cond.notify_all()
                 finally:
                     source.close()
         except OSError as err:
-            error = DogestryError(f"cannot spool layer {desc.diff_id} in {self._dir}: {err.strerror or err}")
+            error = DogestryError(f"cannot spool layer {diff_id} in {self._dir}: {err.strerror or err}")
         except DogestryError as err:
             error = err
         except Exception as err:
-            error = DogestryError(f"fetching layer {desc.diff_id}: internal error: {type(err).__name__}: {err}")
+            error = DogestryError(f"fetching layer {diff_id}: internal error: {type(err).__name__}: {err}")
         with self._cond:
             if error is None:
-                self._state[desc.diff_id], self._spools[desc.diff_id] = _READY, path
+                self._state[diff_id] = _READY
             else:
-                self._state[desc.diff_id], self._errors[desc.diff_id] = _FAILED, error
-                _unlink(path)
+                self._state[diff_id], self._errors[diff_id] = _FAILED, error
+                _unlink(self._spools.pop(diff_id))
             self._cond.notify_all()
 
     def _fetch(self, desc):
@@ -282,15 +291,35 @@ class SharedLayers:
         yield from chunks
         self.ctx.detail(f"fetched layer {desc.diff_id} ({desc.uncompressed_size} bytes, verified)")
 
-    def _open_spool(self, desc):
-        # Opened under the lock: a spool unlinked later (its last reader done) stays
-        # readable through this file object.
+    def _follow(self, desc):
+        """The spool's bytes as the fetcher writes them, until it is complete."""
+        diff_id = desc.diff_id
         with self._cond:
-            while self._state.get(desc.diff_id) == _FETCHING:
-                self._cond.wait()
-            if self._state.get(desc.diff_id) == _FAILED:
-                raise self._errors[desc.diff_id]
-            return open(self._spools[desc.diff_id], "rb")
+            if self._state.get(diff_id) == _FAILED:
+                raise self._errors[diff_id]
+            # Opened under the lock: a spool unlinked later (its last reader done, or the
+            # fetch failed) stays readable through this file object.
+            spool = open(self._spools[diff_id], "rb")
+        with spool:
+            offset = 0
+            while True:
+                with self._cond:
+                    # A state gone is a spool that was ready: its last planned reader is done.
+                    while self._state.get(diff_id, _READY) == _FETCHING and self._written[diff_id] <= offset:
+                        self._cond.wait()
+                    if self._state.get(diff_id) == _FAILED:
+                        raise self._errors[diff_id]
+                    available = self._written[diff_id] - offset
+                    if not available:
+                        return  # ready, and every byte read
+                while available:
+                    data = spool.read(min(available, CHUNK))
+                    if not data:
+                        raise CorruptObject(f"the spooled copy of layer {diff_id} ({spool.name}) is shorter "
+                                            "than what was written to it")
+                    available -= len(data)
+                    offset += len(data)
+                    yield data
 
     def _done(self, diff_id):
         with self._cond:
@@ -308,20 +337,19 @@ class SharedLayers:
         shutil.rmtree(self._dir, ignore_errors=True)
 
 
-def _read_spool(spool, desc):
+def _verified(chunks, desc):
     """A spool's bytes, checked against the layer's diffID and size before the last chunk."""
-    where = f"the spooled copy of layer {desc.diff_id} ({spool.name})"
+    where = f"the spooled copy of layer {desc.diff_id}"
     digest = hashlib.sha256()
     counted = {"size": 0}
 
     def read():
-        with spool:
-            while data := spool.read(CHUNK):
-                counted["size"] += len(data)
-                if counted["size"] > desc.uncompressed_size:
-                    raise CorruptObject(f"{where} is corrupt: larger than the layer")
-                digest.update(data)
-                yield data
+        for data in chunks:
+            counted["size"] += len(data)
+            if counted["size"] > desc.uncompressed_size:
+                raise CorruptObject(f"{where} is corrupt: larger than the layer")
+            digest.update(data)
+            yield data
 
     def verify():
         if counted["size"] != desc.uncompressed_size or of_hash(digest) != desc.diff_id:
