@@ -139,3 +139,26 @@ def test_fleet_with_the_containerd_store_reads_each_layer_once(engine_named, uni
 def test_pullhosts_refuses_an_empty_engine(tmp_path):
     out = dogestry("pull", "--pullhosts", "unix:///a.sock,,unix:///b.sock", str(tmp_path), "x:1", check=False)
     assert out.returncode == 2 and "--pullhosts" in out.stderr.decode() and "empty" in out.stderr.decode()
+
+
+def test_a_corrupt_layer_fails_every_engine_that_needs_it_after_one_read(engine_named, unique, tmp_path):
+    d20, d26 = engine_named("d20"), engine_named("d26")
+    repo = tmp_path / "repo"
+    _, layers2 = _three_layers(d20, unique)
+    dogestry("push", str(repo), f"t{unique}/app:2", env=d20.env())
+    d20.rmi(f"t{unique}/app:2", f"t{unique}/app:1", f"t{unique}/base:1")
+    d20.api.prune_images(filters={"dangling": True})
+    damaged = layers2[0]  # the busybox layer: big enough to be mid-stream when the damage is met
+    path = repo / "layers" / "sha256" / damaged[7:]
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    os.chmod(path, 0o644)
+    path.write_bytes(bytes(data))
+
+    reads, ctx, _, results = _fleet([d20.host, d26.host], str(repo), [f"t{unique}/app:2"])
+    assert [r.ok for r in results] == [False, False]
+    for result in results:
+        assert f"layer {damaged}" in result.error and "corrupt" in result.error and "\n" not in result.error
+    assert [k for k in reads.read if k.endswith(damaged[7:])] == [f"layers/sha256/{damaged[7:]}"]
+    for eng in (d20, d26):
+        assert eng.inspect(f"t{unique}/app:2") is None
