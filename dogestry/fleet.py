@@ -305,7 +305,10 @@ class SharedLayers:
             while True:
                 with self._cond:
                     # A state gone is a spool that was ready: its last planned reader is done.
-                    while self._state.get(diff_id, _READY) == _FETCHING and self._written[diff_id] <= offset:
+                    # Wait for a whole chunk: the decoder hands out smaller pieces, and each
+                    # piece would be its own write into the engine's load stream.
+                    while (self._state.get(diff_id, _READY) == _FETCHING
+                           and self._written[diff_id] - offset < CHUNK):
                         self._cond.wait()
                     if self._state.get(diff_id) == _FAILED:
                         raise self._errors[diff_id]
