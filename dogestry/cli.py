@@ -9,7 +9,7 @@ import os
 import shutil
 import sys
 
-from .commands import BY_NAME, GLOBAL_WITH_VALUE, build_parser
+from .commands import BY_NAME, GLOBAL_WITH_VALUE, build_parser, docker_hosts
 from .errors import DogestryError, UsageError
 
 
@@ -94,7 +94,7 @@ def _main(argv):
     from .config import Config
     from .context import Context
 
-    ctx = Context(Config.load(args.config), docker_host=args.docker_host,
+    ctx = Context(Config.load(args.config), docker_host=args.docker_host, docker_hosts=docker_hosts(args),
                   verbosity=-1 if args.quiet else (1 if args.verbose else 0))
     return args.func(ctx, args) or 0
 

@@ -75,6 +75,25 @@ class Parser(argparse.ArgumentParser):
         raise UsageError(f"{where}{message}")
 
 
+class _DockerHost(argparse.Action):
+    """--docker-host URL: the last one given is the engine (docker_host), and every one is
+    kept in order for a fleet pull. Given after the command, the hosts go to another list,
+    because a subcommand's namespace replaces the main one's values: cli.py joins them."""
+
+    def __init__(self, option_strings, dest, hosts_dest, **kwargs):
+        super().__init__(option_strings, dest, **kwargs)
+        self.hosts_dest = hosts_dest
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        setattr(namespace, self.hosts_dest, [*(getattr(namespace, self.hosts_dest, None) or []), values])
+
+
+def docker_hosts(args):
+    """Every --docker-host of a parsed command line, before and after the command, in order."""
+    return [*(getattr(args, "docker_hosts", None) or []), *(getattr(args, "docker_hosts_after", None) or [])]
+
+
 def _global_options(parser, after_command=False):
     """--config, --docker-host, -q/-v, --debug: accepted before or after the command. After
     it they default to SUPPRESS, so a value given before the command is not overwritten."""
@@ -82,8 +101,10 @@ def _global_options(parser, after_command=False):
     flag = argparse.SUPPRESS if after_command else False
     parser.add_argument("--config", metavar="FILE", default=default,
                         help="config file (default: $DOGESTRY_CONFIG or ./dogestry.cfg)")
-    parser.add_argument("--docker-host", metavar="URL", default=default,
-                        help="Docker engine, e.g. unix:///var/run/docker.sock")
+    parser.add_argument("--docker-host", metavar="URL", default=default, action=_DockerHost,
+                        hosts_dest="docker_hosts_after" if after_command else "docker_hosts",
+                        help="Docker engine, e.g. unix:///var/run/docker.sock (pull: repeat it to pull into "
+                             "several engines at once)")
     noise = parser.add_mutually_exclusive_group()
     noise.add_argument("-q", "--quiet", action="store_true", default=flag, help="print only results and errors")
     noise.add_argument("-v", "--verbose", action="store_true", default=flag, help="report each decision on stderr")
