@@ -20,7 +20,7 @@ import tarfile
 import textwrap
 
 import pytest
-from hypothesis import HealthCheck, assume, example, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from dogestry import compress

@@ -10,7 +10,7 @@ import os
 import pytest
 
 from conftest import dogestry
-from test_fuzz import L1, L2, SEEDS, _config, _digest, _entry, _oci, mutate, save_tar
+from test_fuzz import L1, L2, SEEDS, _config, _digest, _oci, mutate, save_tar
 
 
 def _one_line_error(proc, status):
