@@ -735,8 +735,7 @@ def aliased_remote_copy(repo, found):
 def aliased_engine_copy(engine, repo, image):
     """On the containerd store: the engine's id for an image it holds under another
     manifest (built there, then pushed: the repository keeps that alias), or None."""
-    # An adapter without images_with_layers (the planning tests' fake) has no such copies.
-    if not engine.uses_containerd_store() or not hasattr(engine, "images_with_layers"):
+    if not engine.uses_containerd_store():
         return None
     for engine_id in engine.images_with_layers(image.diff_ids):
         if repo.find_alias(engine_id) == image.id:
