@@ -378,7 +378,7 @@ class _Handler(BaseHTTPRequestHandler):
                 image_id = self._repo.get_ref(Ref(name, reference))
             except NotFound:  # removed since the listing
                 raise _Refusal(404, "MANIFEST_UNKNOWN", f"{name}:{reference} is not known to this registry") from None
-            media_type = _pick_manifest_type(self.headers.get("Accept"))
+            media_type = _pick_manifest_type(",".join(self.headers.get_all("Accept") or []))
         body = catalog.manifest(image_id, media_type)
         self._send(200, body, {"Docker-Content-Digest": sha256_digest(body)}, content_type=media_type)
 
@@ -611,11 +611,14 @@ def serve(ctx, remote, listen):
     def terminate(signum, frame):
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, terminate)
+    # SIGINT too: a server started from a non-interactive shell inherits SIGINT ignored,
+    # and Ctrl-C or `kill -INT` must still stop it.
+    previous = {sig: signal.signal(sig, terminate) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         server.serve_forever()
     except KeyboardInterrupt:
         ctx.info("stopped")
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     return 0

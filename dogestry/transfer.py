@@ -651,13 +651,17 @@ def pull_through_server(ctx, repo, plan):
                                "every layer goes through docker load")
                     return False
                 raise DogestryError(f"pulling image {image.id} through a loopback registry: "
-                                    f"{warnings[-1] if warnings else err}") from None
+                                    f"{next((w for w in warnings if 'corrupt' in w), warnings[-1]) if warnings else err}") from None
             temporary.append(pulled)
             found = engine.inspect(pulled)
+            completed = False
+            if found is not None and not found.diff_ids and image.diff_ids:
+                view.served += complete_pulled(ctx, repo, image, set(view.served))
+                found, completed = engine.inspect(pulled), True
             if found is None or found.diff_ids != image.diff_ids:
                 raise DogestryError(f"the engine pulled image {image.id} from the loopback registry with other "
                                     "layers than the repository records")
-            if not engine.lists(pulled):
+            if not completed and not engine.lists(pulled):
                 view.served += complete_pulled(ctx, repo, image, set(view.served))
             for tag in image.tags:
                 engine.tag(found.id, tag)
