@@ -75,11 +75,20 @@ def main(argv=None):
         return 1
 
 
+def _subparsers_needed(argv, word):
+    """Which commands' subparsers this run needs: building one imports its module (and the
+    library under it), so `--version` and a command's run import only what they use.
+    Completion and a top-level --help list every command."""
+    if "_ARGCOMPLETE" in os.environ or (word is None and ("-h" in argv or "--help" in argv)):
+        return None
+    return [word] if word is not None else []
+
+
 def _main(argv):
     word = _command_word(argv)
     if word is not None and word not in BY_NAME:
         _run_external(argv, word)
-    parser = build_parser()
+    parser = build_parser(_subparsers_needed(argv, word))
     if "_ARGCOMPLETE" in os.environ:
         import argcomplete
 

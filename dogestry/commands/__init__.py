@@ -10,6 +10,8 @@ module imports another.
 
 import argparse
 import importlib
+import os
+import re
 
 from .. import __version__
 from ..completion import engine_images, remote_refs, remotes
@@ -30,7 +32,17 @@ class Command:
 
     @property
     def summary(self):
-        return self.module.SUMMARY
+        # `dogestry help` lists every summary: read the one line from the module's source
+        # rather than importing every command (and through them the transfer library).
+        try:
+            with open(os.path.join(os.path.dirname(__file__), f"{self.module_name}.py"), encoding="utf-8") as f:
+                found = _SUMMARY_LINE.search(f.read())
+        except OSError:  # a zipped or frozen install: importing still works
+            found = None
+        return found.group(1) if found else self.module.SUMMARY
+
+
+_SUMMARY_LINE = re.compile(r'^SUMMARY = "([^"\\]*)"$', re.M)
 
 
 def help_topics(prefix, **kwargs):
@@ -148,13 +160,15 @@ def held_lock(ctx, args):
     return lockfile(ctx, args.lockfile, timeout)
 
 
-def build_parser():
+def build_parser(only=None):
+    """The parser; with only (command names), just those commands' subparsers, so a run
+    imports the one command module it needs (cli) and `--version` none."""
     parser = Parser(prog="dogestry", description="Ship Docker images through dumb storage, without a registry.",
                     epilog="Run 'dogestry help' for the commands by category.")
     parser.add_argument("--version", action="version", version=f"dogestry {__version__}")
     _global_options(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
-    for command in COMMANDS:
+    for command in COMMANDS if only is None else [BY_NAME[name] for name in only]:
         module = command.module
         p = sub.add_parser(command.name, aliases=list(command.aliases), help=module.SUMMARY,
                            description=module.SUMMARY)
