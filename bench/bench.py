@@ -3,6 +3,7 @@
 
     sudo python3 bench/bench.py [--runs 3] [--engine d20|d26|d26c] [--storage-driver overlay2|vfs]
                                 [--cases P1,P4,...] [--large] [--profile] [--json FILE]
+                                [--against OTHER-CHECKOUT]
 
 Builds realistic images from local content (no internet besides Debian's mirror for the
 base): a Debian bookworm minbase base layer, a runtime layer (the local CPython standard
@@ -261,9 +262,16 @@ class Bench:
 
     def record(self, case, label, baseline=""):
         return self.results.setdefault(case, {"label": label, "baseline_label": baseline, "dogestry": [],
-                                              "baseline": [], "rss": [], "cpu": [], "note": ""})
+                                              "baseline": [], "rss": [], "cpu": [], "baseline_cpu": [],
+                                              "note": ""})
 
     def run_pair(self, case, label, prepare_d, cmd_d, prepare_b, cmd_b, env=None, baseline="", runs=None):
+        if self.args.against:
+            # Before/after under the same load: the other checkout's dogestry is the baseline.
+            other = os.path.join(os.path.abspath(self.args.against), "bin", "dogestry")
+            cmd_b = (cmd_d.replace(DOGESTRY[1], other) if isinstance(cmd_d, str)
+                     else [other if part == DOGESTRY[1] else part for part in cmd_d])
+            prepare_b, baseline = prepare_d, f"dogestry of {self.args.against}"
         entry = self.record(case, label, baseline)
         for _ in range(runs or self.args.runs):
             prepare_d()
@@ -273,8 +281,9 @@ class Bench:
             entry["cpu"].append(cpu)
             if cmd_b:
                 prepare_b()
-                seconds, _, _ = timed(cmd_b, env=env or self.docker_env)
+                seconds, _, cpu = timed(cmd_b, env=env or self.docker_env)
                 entry["baseline"].append(seconds)
+                entry["baseline_cpu"].append(cpu)
             print(f"  {case}: dogestry {entry['dogestry'][-1]:.3f}s"
                   + (f", baseline {entry['baseline'][-1]:.3f}s" if cmd_b else ""), flush=True)
 
@@ -487,8 +496,11 @@ class Bench:
             else:
                 target = ""
             base = f"{b:.3f} ({r['baseline_label']})" if b else "—"
+            cpu = f"{statistics.median(r['cpu']):.2f}"
+            if self.args.against and r["baseline_cpu"]:
+                cpu += f" (before: {statistics.median(r['baseline_cpu']):.2f})"
             lines.append(f"| {case} | {r['label']} | {d:.3f} | {base} | {ratio} | {target} | {len(r['dogestry'])} | "
-                         f"{statistics.median(r['cpu']):.2f} | {max(r['rss']):.0f} | {r['note']} |")
+                         f"{cpu} | {max(r['rss']):.0f} | {r['note']} |")
         if any(c.startswith("P19-") for c in self.results):
             lines += ["", "P19, host size: dogestry's pull time against the same pull on the smallest host "
                       f"(target <= {P19_TARGET}x at {HOST_SIZES[-1]})", "",
@@ -515,6 +527,8 @@ def main():
     parser.add_argument("--cases", help=f"comma-separated subset (default {DEFAULT_CASES}; all: {ALL_CASES})")
     parser.add_argument("--profile", action="store_true", help="profile P1, P4, P5 with py-spy instead of timing")
     parser.add_argument("--json", help="also append raw timings here")
+    parser.add_argument("--against", metavar="CHECKOUT",
+                        help="time another checkout's dogestry as every case's baseline (before/after)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("bench: run as root (it starts a private Docker engine)")
