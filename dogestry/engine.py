@@ -7,8 +7,9 @@ uses_containerd_store, inspect, layer_chains, save, load, tag.
 """
 
 import json
+import os
 
-from .digests import chain_ids
+from .digests import chain_ids, is_digest
 from .errors import EngineError, NotFound
 from .image import EngineImage
 
@@ -94,15 +95,25 @@ class Engine:
         return [t for img in self._call(self.api.images) for t in img.get("RepoTags") or [] if t != "<none>:<none>"]
 
     def layer_chains(self):
-        """Chain ids of every layer the engine holds with everything below it."""
+        """Chain ids of every layer the engine holds with everything below it.
+
+        One listing of the top-level images (an intermediate image's chains are all its
+        child's too); each id's chains come from a cache kept across runs, since an image id
+        is a content hash and its layers never change: only images this host has never shown
+        us are inspected, so a pull costs the same on a host with 10 images or 1,000.
+        """
         from concurrent.futures import ThreadPoolExecutor
 
-        chains = set()
-        with ThreadPoolExecutor(8) as pool:  # one inspect per image: overlap the round trips
-            for found in pool.map(self.inspect, self.image_ids()):
-                if found:
-                    chains.update(chain_ids(found.diff_ids))
-        return chains
+        ids = [img["Id"] for img in self._call(self.api.images)]
+        cache = _ChainCache.load()
+        unknown = [i for i in ids if i not in cache.entries]
+        with ThreadPoolExecutor(8) as pool:  # one inspect per new image: overlap the round trips
+            for image_id, found in zip(unknown, pool.map(self.inspect, unknown)):
+                if found is not None:  # removed since the listing: nothing to learn
+                    cache.entries[image_id] = chain_ids(found.diff_ids)
+        if unknown:
+            cache.save(keep=ids)
+        return {c for i in ids for c in cache.entries.get(i, ())}
 
     def save(self, names):
         """A raw binary stream of `docker save names...`."""
@@ -210,3 +221,54 @@ class Engine:
         """True when `docker images` shows name: the containerd store hides an image whose
         content is incomplete (it runs, but cannot be saved)."""
         return bool(self._call(self.api.images, name=name))
+
+
+CACHE_NAME = "engine-chains.json"
+CACHE_LIMIT = 20000  # entries kept before those of images no longer listed are dropped
+
+
+class _ChainCache:
+    """{image id: [chain id, ...]} in $XDG_CACHE_HOME/dogestry (default ~/.cache/dogestry).
+
+    Only a cache: unreadable, damaged or unwritable means asking the engine again, never a
+    failure. Entries that are not well-formed digests are dropped on load.
+    """
+
+    def __init__(self, path, entries):
+        self.path, self.entries = path, entries
+
+    @classmethod
+    def load(cls, environ=os.environ):
+        base = os.path.join(environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
+                            "dogestry")
+        path = os.path.join(base, CACHE_NAME)
+        entries = {}
+        try:
+            with open(path, encoding="utf-8") as f:
+                raw = json.load(f)
+            if isinstance(raw, dict):
+                entries = {k: v for k, v in raw.items() if _is_digest(k) and isinstance(v, list)
+                           and all(_is_digest(c) for c in v)}
+        except (OSError, ValueError, RecursionError):
+            pass
+        return cls(path, entries)
+
+    def save(self, keep):
+        entries = self.entries
+        if len(entries) > CACHE_LIMIT:
+            entries = {k: entries[k] for k in keep if k in entries}
+        tmp = f"{self.path}.{os.getpid()}.tmp"
+        try:
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump(entries, f, separators=(",", ":"))
+            os.replace(tmp, self.path)  # readers see the old file or the new, whole
+        except OSError:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+
+
+def _is_digest(text):
+    return isinstance(text, str) and is_digest(text)

@@ -398,8 +398,6 @@ def plan_load(ctx, repo, items, missing_in_docker=True):
     engine lacks (asking ctx.engine), else everything."""
     engine = ctx.engine if missing_in_docker else None
     chains = None
-    if engine is not None and not engine.uses_containerd_store():
-        chains = engine.layer_chains()
     plan = LoadPlan()
     for image_id, tags in merge_requests(items).items():
         image = repo.load_image(image_id, tags)
@@ -409,6 +407,8 @@ def plan_load(ctx, repo, items, missing_in_docker=True):
                 ctx.detail(f"skipped image {image_id}: the engine has it")
                 plan.to_tag.append((present, tags))
                 continue
+            if chains is None and not engine.uses_containerd_store():
+                chains = engine.layer_chains()  # only once an image is missing: costs a listing
             wanted = missing_layers(engine, image, chains)
             for layer in image.layers:
                 if layer not in wanted:
