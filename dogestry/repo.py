@@ -314,6 +314,12 @@ class Repository:
         if not published:
             return self._repair_descriptor(desc.diff_id), False
         self.backend.put(layer_descriptor_key(desc.diff_id), desc.to_bytes(), overwrite=True)
+        # A store that ignores If-None-Match lets a concurrent writer with another codec
+        # replace our data after we published it: check what is stored now, after our
+        # descriptor, so that whichever writer writes a descriptor last leaves one that
+        # matches the bytes.
+        if self.backend.size(layer_key(desc.diff_id)) != desc.size:
+            return self._repair_descriptor(desc.diff_id), False
         return desc, True
 
     def _repair_descriptor(self, diff_id):

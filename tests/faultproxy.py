@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 
 class Fault:
-    ACTIONS = ("503", "500", "drop-request", "drop-response", "stall", "stall-body", "flip")
+    ACTIONS = ("503", "500", "drop-request", "drop-response", "stall", "stall-body", "flip", "pass")  # pass: forward as is
 
     def __init__(self, method, path_contains, action, times=1, delay=0.0):
         assert action in self.ACTIONS, action
