@@ -110,42 +110,35 @@ def read_uncompressed(backend, key, desc, where):
         if (not identity and of_hash(stored_hash) != desc.digest) or size != desc.size:
             raise CorruptObject(f"{where} is corrupt: stored bytes do not match digest {desc.digest}")
 
-    diff_hash = hashlib.sha256()
-    counted = {"uncompressed": 0}
-
-    def hashed():
-        for out in produce(decode, depth=4, name="dogestry-decode"):
-            counted["uncompressed"] += len(out)
-            if counted["uncompressed"] > desc.uncompressed_size:
-                raise CorruptObject(f"{where} is corrupt: expands beyond its recorded size")
-            diff_hash.update(out)
-            yield out
-
-    def verify():
-        if of_hash(diff_hash) != desc.diff_id or counted["uncompressed"] != desc.uncompressed_size:
-            raise CorruptObject(f"{where} is corrupt: its content does not match its diffID")
-
-    return hold_last(hashed(), verify)
+    return _verified(produce(decode, depth=4, name="dogestry-decode"), desc.uncompressed_size, desc.diff_id,
+                     where, "expands beyond its recorded size", "its content does not match its diffID")
 
 
 def read_stored(backend, key, desc, where):
     """Yield the layer's stored bytes as they are, verified against the descriptor."""
-    stored_hash = hashlib.sha256()
+    return _verified(_stored_bytes(backend, key), desc.size, desc.digest, where,
+                     f"larger than its recorded {desc.size} bytes", f"stored bytes do not match digest {desc.digest}")
+
+
+def _verified(chunks, size, digest, where, grown, differs):
+    """chunks, counted and hashed as they pass: CorruptObject as soon as they exceed size,
+    and before the last chunk goes out when their digest or total size differs."""
+    hasher = hashlib.sha256()
     counted = {"size": 0}
 
-    def read():
-        for data in _stored_bytes(backend, key):
-            counted["size"] += len(data)
-            if counted["size"] > desc.size:
-                raise CorruptObject(f"{where} is corrupt: larger than its recorded {desc.size} bytes")
-            stored_hash.update(data)
-            yield data
+    def passing():
+        for chunk in chunks:
+            counted["size"] += len(chunk)
+            if counted["size"] > size:
+                raise CorruptObject(f"{where} is corrupt: {grown}")
+            hasher.update(chunk)
+            yield chunk
 
     def verify():
-        if of_hash(stored_hash) != desc.digest or counted["size"] != desc.size:
-            raise CorruptObject(f"{where} is corrupt: stored bytes do not match digest {desc.digest}")
+        if of_hash(hasher) != digest or counted["size"] != size:
+            raise CorruptObject(f"{where} is corrupt: {differs}")
 
-    return hold_last(read(), verify)
+    return hold_last(passing(), verify)
 
 
 def describe_stored(backend, key, diff_id, where):

@@ -120,7 +120,6 @@ class Backend:
     def leftovers(self):
         """(what, size, age in seconds) of temporaries killed writers left: spool files in the
         temp directory that no process holds."""
-        import fcntl
         import glob
         import time
 
@@ -131,14 +130,9 @@ class Backend:
             except OSError:
                 continue
             try:
-                st = os.fstat(fd)
-                if not stat.S_ISREG(st.st_mode):
-                    continue
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except OSError:
-                    continue  # a live writer holds it
-                yield path, st.st_size, max(0.0, now - st.st_mtime)
+                st = unheld(fd)
+                if st is not None:
+                    yield path, st.st_size, max(0.0, now - st.st_mtime)
             finally:
                 os.close(fd)
 
@@ -178,6 +172,21 @@ def too_large(key, where, limit):
 
 
 SPOOL_PREFIX = "dogestry-spool-"
+
+
+def unheld(fd):
+    """The stat of the open fd if it is a regular file no live writer holds locked (a
+    temporary a killed process left), else None. Takes the lock: keep fd open while acting."""
+    import fcntl
+
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return None  # its writer is alive
+    return st
 
 
 class _SpoolFile:

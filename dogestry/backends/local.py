@@ -32,7 +32,7 @@ import weakref
 from urllib.parse import unquote, urlsplit
 
 from ..errors import CorruptObject, DogestryError, NotFound, StorageError, UsageError
-from . import Backend, ObjectInfo, check_key
+from . import Backend, ObjectInfo, check_key, unheld
 
 _CHUNK = 1 << 20
 SPOOL_DIR = ".spool"
@@ -403,14 +403,9 @@ class LocalBackend(Backend):
             except OSError:
                 continue  # gone (published or cleaned) or not a file any more
             try:
-                st = os.fstat(fd)
-                if not stat.S_ISREG(st.st_mode):
-                    continue
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    continue  # its writer is alive
-                yield dir_fd, name, path, st
+                st = unheld(fd)
+                if st is not None:
+                    yield dir_fd, name, path, st
             finally:
                 os.close(fd)
 
