@@ -566,8 +566,15 @@ class Bench:
                       Body=open(os.path.join(self.full_repo, "dogestry.json"), "rb").read())
         image = open(os.path.join(self.full_repo, "repositories/bench/multi/1"), "rb").read()
         sh(self.dog(f"sync-objects --image {image.decode().strip()} {self.full_repo} '{url}'"), env=self.s3_env)
-        self.s3_put_many(s3, {f"{prefix}repositories/bench/many/{n}": image for n in range(refs)})
+        tags = self.tags_dir(s3, prefix, "bench/many")
+        self.s3_put_many(s3, {f"{tags}{n}": image for n in range(refs)})
         return url
+
+    @staticmethod
+    def tags_dir(s3, prefix, name):
+        # A write upgrades a version 1 repository (the full one is) to version 2's ref layout.
+        version = json.loads(s3.get_object(Bucket=BUCKET, Key=prefix + "dogestry.json")["Body"].read())["version"]
+        return f"{prefix}repositories/{name}/{'_tags/' if version >= 2 else ''}"
 
     @staticmethod
     def s3_put_many(s3, objects):
@@ -624,7 +631,9 @@ class Bench:
             for n in range(objects // 2):
                 body = f"unreachable {n}\n".encode() * 64
                 junk[f"gc/layers/sha256/{hashlib.sha256(body).hexdigest()}"] = body
-            self.s3_put_many(s3, {**{f"gc/repositories/bench/gc/{n}": image for n in range(reachable)}, **junk})
+            tags = self.tags_dir(s3, "gc/", "bench/gc")
+            refs = {f"{tags}{n}": image for n in range(reachable)}
+            self.s3_put_many(s3, {**refs, **junk})
             seconds = timed(self.dog(f"gc --grace 0s '{url}'"), env=self.s3_env)[0]
             left = sum(len(page.get("Contents", [])) for page in
                        s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix="gc/"))
