@@ -20,6 +20,14 @@ Cases: P1 full push, P2 push of an image the remote has, P3 incremental push, P4
 pull, P5 incremental pull, Palready pull of an image the engine has, Pstartup
 `dogestry --version` and `dogestry help`, P6/P7 push/pull with S3, P9 20 tags at once,
 P19 pulls on a host holding 10, 100 and 1,000 images. P8 is the peak RSS over all.
+
+Serve, the containerd store and operations (issues 12 and 13; not in the default set):
+P10/P11 incremental and full pull against `docker pull` from docker-registry (run them
+with --engine d26c for the containerd store), Pdisk the data root's growth in that full
+pull, P12 8 concurrent skopeo copies from `dogestry serve` against docker-registry (and
+serve's peak RSS), P13 `dogestry list` of 1,000 tags on SeaweedFS, P14 `dogestry verify`
+against `lz4 -dc | sha256sum`, P15 gc of 10,000 S3 objects half unreachable, P16 one pull
+into two engines (a second engine of the bench's own) against two pulls.
 """
 
 import argparse
