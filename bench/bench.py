@@ -473,9 +473,9 @@ class Bench:
             app2 = self.docker(f"image inspect -f '{{{{.Id}}}}' {reg}/bench/app:2").strip()
 
             def drop():
-                # Every name of app:2 (a pull may add more than bench/app:2): on the containerd
-                # store the last name's removal is what frees its layers' content; one left
-                # behind turned both pulls into a re-tag (0.09 s).
+                # Every name of app:2, in case a pull adds more than bench/app:2: on the
+                # containerd store the last name's removal is what frees its layers' content,
+                # and a name left behind would turn both pulls into a re-tag.
                 self.docker(f"rmi -f {app2}", check=False)
                 if app2 in self.docker("images -q --no-trunc"):
                     raise SystemExit(f"bench: P10 could not remove app:2 ({app2}) from {self.engine.host}")
