@@ -66,11 +66,12 @@ def _stop(proc, seconds=60):
 
 
 class Engine:
-    def __init__(self, kind, driver):
+    def __init__(self, kind, driver, suffix=""):
         if kind not in ("d20", "d26", "d26c"):
             raise ServiceError(f"bench: unknown engine {kind}")
         self.kind, self.driver = kind, driver
-        self.name = f"{kind}-{driver}"
+        # A suffix gives a second engine of the same kind its own socket and data (P16).
+        self.name = f"{kind}-{driver}{suffix}"
         self.sock = f"{RUN}/{self.name}.sock"
         self.host = f"unix://{self.sock}"
         self.log = f"{STATE}/{self.name}.log"
@@ -92,6 +93,8 @@ class Engine:
     def start(self):
         os.makedirs(STATE, exist_ok=True)
         os.makedirs(RUN, exist_ok=True)
+        # As the host sees it (the disk-use case measures it with du).
+        self.data_root = f"{CHROOT if self.kind != 'd20' else ''}{STATE}/{self.name}/data"
         if self.reachable():   # left by an interrupted run of this benchmark: same dirs, ours
             return
         features = {"features": {"containerd-snapshotter": self.kind == "d26c"}}
