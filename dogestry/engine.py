@@ -2,8 +2,10 @@
 
 Only these calls touch the docker SDK, which is imported on first use so commands that
 never talk to an engine start fast. Images come back as image.EngineImage. The unit tests
-of push and pull planning (tests/test_transfer_plan.py) use a fake with the same methods:
-uses_containerd_store, inspect, layer_chains, save, load, tag.
+of push and pull planning (tests/test_transfer_plan.py) use a fake of the methods those
+paths call: uses_containerd_store, inspect, require, layer_chains, images_with_layers,
+save, load, tag. The containerd store's pull (pull, remove_tag, lists, inspect_details,
+is_local) is tested against real engines only.
 """
 
 import json
