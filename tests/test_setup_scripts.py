@@ -180,6 +180,10 @@ def test_pyz_runs_on_a_host_with_only_python3(suite, pyz, overlay, tmp_path):
         view.bind(ENGINES[name].removeprefix("unix://"), "/run/docker.sock")
 
         assert view.run("dogestry", "--version").stdout.startswith("dogestry ")
+        # No share/man on this host (and no man(1)): help shows the page built into the .pyz.
+        assert not os.path.exists(view.root + "/usr/local/share/man/man1/dogestry-pull.1")
+        assert ".TH DOGESTRY-PULL 1" in view.run("dogestry", "help", "pull").stdout
+        assert ".TH DOGESTRY-REPOSITORY 5" in view.run("dogestry", "help", "repository").stdout
         out = view.run("dogestry", "pull", "/srv/images", image).stdout
         assert image_id in out
         assert engine.inspect(image)["Id"] == image_id
@@ -310,3 +314,39 @@ def test_demo_on_the_engine_it_finds_removes_its_image():
     assert "hello from dogestry" in proc.stdout
     assert TestEngine(name, host).inspect("dogestry-demo:1") is None
     assert_demo_left_nothing(out)
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory):
+    out = tmp_path_factory.mktemp("wheel")
+    run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(out), ROOT], timeout=600)
+    (found,) = out.glob("dogestry-*.whl")
+    return str(found)
+
+
+def test_help_finds_the_pages_of_a_venv_install_and_falls_back_to_the_packaged_copy(wheel, tmp_path):
+    # Debian's python3: its prefix (/usr) holds no dogestry pages, so only the install's count.
+    venv = tmp_path / "venv"
+    run(["/usr/bin/python3", "-m", "venv", str(venv)])
+    run([f"{venv}/bin/pip", "install", "-q", "--no-deps", wheel])
+    assert (venv / "share/man/man1/dogestry-tag.1").is_file()
+    assert "DOGESTRY-TAG(1)" in run([f"{venv}/bin/dogestry", "help", "tag"], env=plain_env()).stdout
+    shutil.rmtree(venv / "share/man")  # an install whose data files went elsewhere
+    assert "DOGESTRY-TAG(1)" in run([f"{venv}/bin/dogestry", "help", "tag"], env=plain_env()).stdout
+    out = run([f"{venv}/bin/dogestry", "help", "dogestry.cfg"], env=plain_env()).stdout
+    assert "DOGESTRY.CFG(5)" in out
+
+
+def test_pipx_install_links_the_man_pages(wheel, tmp_path):
+    tools = tmp_path / "tools"
+    run([sys.executable, "-m", "venv", str(tools)])
+    run([f"{tools}/bin/pip", "install", "-q", "pipx>=1.5"], timeout=600)
+    dirs = {k: str(tmp_path / k.lower()) for k in ("PIPX_HOME", "PIPX_BIN_DIR", "PIPX_MAN_DIR")}
+    env = plain_env(**dirs)
+    run([f"{tools}/bin/pipx", "install", "--python", "/usr/bin/python3", wheel], env=env, timeout=900)
+    assert run([os.path.join(dirs["PIPX_BIN_DIR"], "dogestry"), "--version"], env=env).stdout.startswith("dogestry ")
+    pages = os.listdir(os.path.join(dirs["PIPX_MAN_DIR"], "man1"))
+    assert {"dogestry.1", "dogestry-pull.1", "dogestry-push.1"} <= set(pages)
+    assert "dogestry.cfg.5" in os.listdir(os.path.join(dirs["PIPX_MAN_DIR"], "man5"))
+    out = run(["man", "-M", dirs["PIPX_MAN_DIR"], "dogestry-pull"], env=dict(env, MANPAGER="cat")).stdout
+    assert "DOGESTRY-PULL(1)" in out

@@ -30,6 +30,18 @@ def man_page(name):
     return None
 
 
+def packaged_page(name):
+    """The text of the copy of a page built into the package (setup.py puts man/ there as
+    dogestry/man/), or None: the fallback where no share/man exists, as in dogestry.pyz,
+    which may run from inside a zip file."""
+    from importlib.resources import files
+
+    try:
+        return (files("dogestry") / "man" / name).read_text(encoding="utf-8")
+    except (OSError, ValueError):  # not built in (a checkout), or not readable
+        return None
+
+
 def _overview(out):
     out.write("usage: dogestry [--config FILE] [--docker-host URL] [-q|-v] [--debug] COMMAND ...\n")
     for category, title in ((PORCELAIN, "Porcelain commands"), (PLUMBING, "Plumbing commands")):
@@ -47,22 +59,28 @@ def run(ctx, args):
         _overview(ctx.out)
         return 0
     if args.topic in TOPICS:
-        page = man_page(TOPICS[args.topic])
+        name = TOPICS[args.topic]
     elif args.topic in BY_NAME:
-        page = man_page(f"dogestry-{BY_NAME[args.topic].name}.1")  # an alias shows its command's page
+        name = f"dogestry-{BY_NAME[args.topic].name}.1"  # an alias shows its command's page
     else:
         raise UsageError(f"no such command or topic {args.topic!r}; see 'dogestry help'")
-    if page and shutil.which("man"):
+    page = man_page(name)
+    source = packaged_page(name) if page is None else None
+    if (page or source) and shutil.which("man"):
+        # man -l - reads the page from stdin: the packaged copy may live inside a zip.
+        cmd, given = (["man", "-l", page], None) if page else (["man", "-l", "-"], source.encode())
         if ctx.out.isatty():
-            return subprocess.call(["man", "-l", page])
-        text = subprocess.run(["man", "-l", page], capture_output=True,
+            return subprocess.run(cmd, input=given).returncode
+        text = subprocess.run(cmd, input=given, capture_output=True,
                               env=dict(os.environ, MANPAGER="cat", MANWIDTH="80"))
         if text.returncode == 0:
             ctx.out.write(text.stdout.decode())
             return 0
-    if page:  # no man(1) here: the page's source is still readable
-        with open(page, encoding="utf-8") as f:
-            ctx.out.write(f.read())
+    if page or source:  # no man(1) here: the page's source is still readable
+        if source is None:
+            with open(page, encoding="utf-8") as f:
+                source = f.read()
+        ctx.out.write(source)
         return 0
     if args.topic in TOPICS:
         raise UsageError(f"the manual page {TOPICS[args.topic]} is not installed here")
