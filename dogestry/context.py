@@ -9,10 +9,7 @@ import copy
 import sys
 import threading
 
-from .backends import open_backend
 from .config import Config
-from .engine import Engine
-from .repo import Repository
 
 
 _PRINT = threading.Lock()  # the engines of a fleet pull report from their own threads
@@ -37,6 +34,8 @@ class Context:
     @property
     def engine(self):
         if self._engine is None:
+            from .engine import Engine  # not imported by commands that never use one (help)
+
             self._engine = Engine(self.docker_host)
         return self._engine
 
@@ -53,6 +52,9 @@ class Context:
         cannot exist (a local path with no directory) is NotFound unless create is set, as
         for the commands that write (push, save-to-repo, update-ref, sync-objects' DST)."""
         url = self.config.remote_url(remote)
+        from .backends import open_backend
+        from .repo import Repository
+
         backend = open_backend(url, temp_dir=self.config.temp_dir(), config=self.config)
         return Repository(backend, codec=self.codec, create=create)
 
