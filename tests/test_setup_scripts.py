@@ -337,6 +337,22 @@ def test_help_finds_the_pages_of_a_venv_install_and_falls_back_to_the_packaged_c
     assert "DOGESTRY.CFG(5)" in out
 
 
+def test_help_finds_the_pages_of_a_pip_user_install(wheel, tmp_path):
+    base = tmp_path / "userbase"
+    env = plain_env(PYTHONUSERBASE=str(base))
+    # Debian's pip refuses --user too (PEP 668) unless told: only into this throwaway base.
+    run(["/usr/bin/python3", "-m", "pip", "install", "-q", "--user", "--break-system-packages", "--no-deps",
+         wheel], env=env)
+    assert (base / "share/man/man1/dogestry-pull.1").is_file()
+    assert (base / "share/man/man5/dogestry-repository.5").is_file()
+    out = run([str(base / "bin/dogestry"), "help", "pull"], env=env).stdout
+    assert "DOGESTRY-PULL(1)" in out
+    # That it was this base's page, not the copy inside the package:
+    os.unlink(base / "share/man/man1/dogestry-pull.1")
+    (base / "share/man/man1/dogestry-pull.1").write_text('.TH MARKER-PAGE 1\n.SH NAME\nmarker \\- page\n')
+    assert "MARKER-PAGE(1)" in run([str(base / "bin/dogestry"), "help", "pull"], env=env).stdout
+
+
 def test_pipx_install_links_the_man_pages(wheel, tmp_path):
     tools = tmp_path / "tools"
     run([sys.executable, "-m", "venv", str(tools)])
