@@ -23,14 +23,16 @@ P19 pulls on a host holding 10, 100 and 1,000 images. P8 is the peak RSS over al
 
 Serve, the containerd store and operations (issues 12 and 13; not in the default set):
 P10/P11 incremental and full pull against `docker pull` from docker-registry (run them
-with --engine d26c for the containerd store), Pdisk the data root's growth in that full
-pull, P12 8 concurrent skopeo copies from `dogestry serve` against docker-registry (and
+with --engine d26c for the containerd store), P10s on a graphdriver engine dogestry's
+docker-load pull against the engine pulling from a running `dogestry serve` (is the
+serve path worth it there too?), Pdisk the data root's growth in that full pull, P12 8 concurrent skopeo copies from `dogestry serve` against docker-registry (and
 serve's peak RSS), P13 `dogestry list` of 1,000 tags on SeaweedFS, P14 `dogestry verify`
 against `lz4 -dc | sha256sum`, P15 gc of 10,000 S3 objects half unreachable, P16 one pull
 into two engines (a second engine of the bench's own) against two pulls.
 """
 
 import argparse
+import contextlib
 import hashlib
 import io
 import json
@@ -58,7 +60,7 @@ BUCKET = "dogestry-bench"
 MULTI = 20
 HOST_SIZES = (10, 100, 1000)
 DEFAULT_CASES = "P1,P2,P3,P4,P5,Palready,Pstartup,P19"
-OPS_CASES = "P10,P11,Pdisk,P12,P13,P14,P15,P16"
+OPS_CASES = "P10,P10s,P11,Pdisk,P12,P13,P14,P15,P16"
 ALL_CASES = DEFAULT_CASES + ",P6,P7,P9," + OPS_CASES
 
 # Targets from the performance issue: a ratio to the case's baseline, or absolute seconds.
@@ -150,7 +152,7 @@ class Bench:
         self.engine.start()
         self.docker_env = dict(self.env, DOCKER_HOST=self.engine.host)
         os.makedirs(WORK, exist_ok=True)
-        if cases & {"P5", "P19", "P10", "P11", "Pdisk", "P12"}:
+        if cases & {"P5", "P19", "P10", "P10s", "P11", "Pdisk", "P12"}:
             self.registry = Registry(WORK)
             self.registry.start()
         if cases & {"P6", "P7", "P13", "P15"}:
@@ -508,6 +510,8 @@ class Bench:
                              f"{med(dd) / 1e6:.0f} MB", f"{med(bd) / 1e6:.0f} MB `docker pull`",
                              f"{med(dd) / med(bd):.2f}", "<= 1.1x", "yes" if med(dd) <= 1.1 * med(bd) else "no",
                              "du -sb of the engine's data root before/after")
+        if "P10s" in want:
+            self.p10s()
         if "P12" in want:
             self.p12()
         if "P13" in want:
@@ -523,9 +527,9 @@ class Bench:
     def du(path):
         return int(sh(f"du -sb {path}").split()[0])
 
-    def p12(self, clients=8):
-        """8 concurrent skopeo copies of app:1 from `dogestry serve` and from docker-registry."""
-        self.registry_holds_apps()
+    @contextlib.contextmanager
+    def serving(self):
+        """`dogestry serve` over the full repository on a free loopback port; yields (address, pid)."""
         port = free_port()
         log = open(os.path.join(WORK, "serve.log"), "wb")
         serve = subprocess.Popen([*DOGESTRY, "-q", "serve", "--listen", f"127.0.0.1:{port}", self.full_repo],
@@ -536,6 +540,42 @@ class Bench:
                 if serve.poll() is not None or time.monotonic() > deadline:
                     raise SystemExit(f"bench: dogestry serve on 127.0.0.1:{port} did not come up; see {log.name}")
                 time.sleep(0.2)
+            yield f"127.0.0.1:{port}", serve.pid
+        finally:
+            serve.terminate()
+            serve.wait(30)
+            log.close()
+
+    def p10s(self):
+        """On a graphdriver engine, dogestry pull (docker load of what the engine lacks) against
+        the engine pulling the same image from a `dogestry serve` started beforehand: the
+        latter leaves out dogestry's own start, the server's start and the re-tagging, so it
+        is a lower bound of what the containerd store's serve path would cost here."""
+        med = statistics.median
+        runs = self.args.runs
+        with self.serving() as (addr, _):
+            rows = []
+            for case, keep in (("incremental, app:2 while app:1 is present", True), ("full, into an empty engine", False)):
+                d, b = [], []
+                for _ in range(runs):
+                    for times, cmd in ((d, self.dog(f"pull {self.full_repo} bench/app:2")),
+                                       (b, f"docker pull -q {addr}/bench/app:2")):
+                        if keep:
+                            self.p5_prepare()
+                        else:
+                            self.empty_engine()
+                        times.append(timed(cmd, env=self.docker_env)[0])
+                rows.append((case, d, b))
+        for case, d, b in rows:
+            self.ops_row("P10s", f"{case} ({self.args.engine} {self.args.storage_driver})",
+                         f"{med(d):.2f} s `dogestry pull` (docker load)",
+                         f"{med(b):.2f} s `docker pull` from a running `dogestry serve`", f"{med(d) / med(b):.2f}",
+                         "decide", "load" if med(d) <= med(b) else "serve", f"runs {runs}")
+
+    def p12(self, clients=8):
+        """8 concurrent skopeo copies of app:1 from `dogestry serve` and from docker-registry."""
+        self.registry_holds_apps()
+        with self.serving() as (addr, pid):
             dest = os.path.join(WORK, "skopeo")
 
             def copies(addr):
@@ -553,14 +593,10 @@ class Bench:
                 return self.du(dest) / seconds   # bytes each server sent, as stored (its own compression)
             d, b = [], []
             for _ in range(self.args.runs):
-                d.append(copies(f"127.0.0.1:{port}"))
+                d.append(copies(addr))
                 b.append(copies(self.registry.addr))
-            status = open(f"/proc/{serve.pid}/status").read()
+            status = open(f"/proc/{pid}/status").read()
             hwm = int(next(l.split()[1] for l in status.splitlines() if l.startswith("VmHWM"))) / 1024
-        finally:
-            serve.terminate()
-            serve.wait(30)
-            log.close()
         ratio = statistics.median(d) / statistics.median(b)
         self.ops_row("P12", f"{clients} concurrent skopeo copies of app:1, aggregate throughput",
                      f"{statistics.median(d) / 1e6:.0f} MB/s `dogestry serve`",
