@@ -96,11 +96,12 @@ def test_many_inspects_in_parallel(engine, unique):
 
 
 # -- engines that are not there -------------------------------------------------------------
-def one_line_exit_1(host, *args):
-    """Run a command against host; return its one stderr line after checking it names host."""
-    proc = dogestry(*args, env=dict(os.environ, DOCKER_HOST=host), check=False)
+def one_line_exit_1(host, *args, env=None, names=None):
+    """Run a command against host; return its one stderr line after checking it names host
+    (or `names`, the file at fault)."""
+    proc = dogestry(*args, env=dict(env or os.environ, DOCKER_HOST=host), check=False)
     lines = proc.stderr.decode().strip().splitlines()
-    assert proc.returncode == 1 and len(lines) == 1 and host in lines[0], (proc.returncode, lines)
+    assert proc.returncode == 1 and len(lines) == 1 and (names or host) in lines[0], (proc.returncode, lines)
     return lines[0]
 
 
@@ -309,3 +310,124 @@ def test_a_kept_alive_connection_carries_the_small_calls(fake):
     client.inspect(NAME)
     assert client.inspect("tfake/none:1") is None
     assert server.connections == 1 and len(server.requests) == 4
+
+
+# -- TLS, as the docker CLI sets it up ------------------------------------------------------
+def make_certs(where, ca_name):
+    """A CA and, signed by it, a server certificate for 127.0.0.1 and a client certificate,
+    laid out as DOCKER_CERT_PATH: ca.pem, cert.pem, key.pem (+ server-*.pem for the fake)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    day = datetime.timedelta(days=1)
+
+    def name(text):
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, text)])
+
+    def builder(subject, issuer, key, serial):
+        return (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer).public_key(key.public_key())
+                .serial_number(serial).not_valid_before(now - day).not_valid_after(now + day))
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = (builder(name(ca_name), name(ca_name), ca_key, 1)
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                                       content_commitment=False, key_encipherment=False, data_encipherment=False,
+                                       key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
+          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+          .sign(ca_key, hashes.SHA256()))
+    os.makedirs(where, exist_ok=True)
+
+    def write(file, data):
+        with open(os.path.join(where, file), "wb") as f:
+            f.write(data)
+
+    write("ca.pem", ca.public_bytes(serialization.Encoding.PEM))
+    aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key())
+    for prefix, serial, san in (("", 2, None), ("server-", 3, "127.0.0.1")):
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = builder(name(f"{prefix}leaf"), ca.subject, key, serial).add_extension(aki, critical=False)
+        if san:
+            cert = cert.add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(san))]),
+                                      critical=False)
+        cert = cert.sign(ca_key, hashes.SHA256())
+        write(f"{prefix}cert.pem", cert.public_bytes(serialization.Encoding.PEM))
+        write(f"{prefix}key.pem", key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                    serialization.NoEncryption()))
+    return str(where)
+
+
+class FakeTLSEngine(socketserver.ThreadingMixIn, socketserver.TCPServer):
+    """The fake engine on 127.0.0.1 over TLS that, like dockerd --tlsverify, wants a client
+    certificate signed by its CA."""
+
+    daemon_threads = True
+
+    def __init__(self, certs):
+        import ssl
+
+        self.mode, self.connections, self.requests = "plain", 0, []
+        self.hung_up = threading.Event()
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.load_cert_chain(os.path.join(certs, "server-cert.pem"), os.path.join(certs, "server-key.pem"))
+        self.context.load_verify_locations(os.path.join(certs, "ca.pem"))
+        self.context.verify_mode = ssl.CERT_REQUIRED
+        super().__init__(("127.0.0.1", 0), FakeHandler)
+        self.host = f"tcp://127.0.0.1:{self.server_address[1]}"
+
+    def get_request(self):
+        sock, addr = self.socket.accept()
+        # The handshake happens in the handler's thread, on its first read.
+        return self.context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False), addr
+
+    def handle_error(self, request, client_address):
+        pass  # a client the test sends with the wrong certificate: the client's error is what is checked
+
+
+@pytest.fixture
+def tls_engine(tmp_path):
+    server = FakeTLSEngine(make_certs(tmp_path / "engine-certs", "the engine's CA"))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def test_tls_with_the_docker_clis_settings(tls_engine, tmp_path):
+    certs = str(tmp_path / "engine-certs")
+    env = dict(os.environ, DOCKER_TLS_VERIFY="1", DOCKER_CERT_PATH=certs)
+    client = Engine(tls_engine.host, environ=env)
+    assert client.image_ids() == [IMAGE_ID] and client.require(NAME).id == IMAGE_ID
+    assert tls_engine.connections == 1  # kept alive over TLS too
+    # DOCKER_CERT_PATH without DOCKER_TLS_VERIFY: encrypted, the engine's certificate unchecked.
+    unverified = dict(os.environ, DOCKER_CERT_PATH=certs)
+    unverified.pop("DOCKER_TLS_VERIFY", None)
+    assert Engine(tls_engine.host, environ=unverified).image_ids() == [IMAGE_ID]
+
+
+def test_tls_failures_are_one_line(tls_engine, tmp_path):
+    repo = str(tmp_path / "repo")
+    # Another CA: the engine's certificate does not verify.
+    other = make_certs(tmp_path / "other-certs", "another CA")
+    env = dict(os.environ, DOCKER_TLS_VERIFY="1", DOCKER_CERT_PATH=other)
+    with pytest.raises(EngineError, match=f"^Docker engine at {tls_engine.host}: .*CERTIFICATE_VERIFY_FAILED"):
+        Engine(tls_engine.host, environ=env).info()
+    assert "CERTIFICATE_VERIFY_FAILED" in one_line_exit_1(tls_engine.host, "push", repo, NAME, env=env)
+    # No TLS settings at all: plain HTTP to a TLS port.
+    plain = {k: v for k, v in os.environ.items() if not k.startswith("DOCKER_")}
+    with pytest.raises(EngineError, match=f"^Docker engine at {tls_engine.host}: "):
+        Engine(tls_engine.host, environ=plain).info()
+    one_line_exit_1(tls_engine.host, "push", repo, NAME, env=plain)
+    # A cert path without the files: the settings are at fault, named by their directory.
+    empty = tmp_path / "no-certs"
+    empty.mkdir()
+    env = dict(os.environ, DOCKER_TLS_VERIFY="1", DOCKER_CERT_PATH=str(empty))
+    with pytest.raises(EngineError, match=f"^Docker TLS settings in {empty}: "):
+        Engine(tls_engine.host, environ=env).info()
+    one_line_exit_1(tls_engine.host, "push", repo, NAME, env=env, names=str(empty))
