@@ -1,72 +1,289 @@
 """The narrow interface dogestry needs from a Docker engine.
 
-Only these calls touch the docker SDK, which is imported on first use so commands that
-never talk to an engine start fast. Images come back as image.EngineImage. The unit tests
-of push and pull planning (tests/test_transfer_plan.py) use a fake of the methods those
-paths call: uses_containerd_store, inspect, require, layer_chains, images_with_layers,
-save, load, tag. The containerd store's pull (pull, remove_tag, lists, inspect_details,
-is_local) is tested against real engines only.
+dogestry speaks the Docker Engine API itself, with the standard library's http.client: over
+the engine's unix socket, or TCP with the docker CLI's TLS settings (DOCKER_TLS_VERIFY,
+DOCKER_CERT_PATH). The docker SDK and requests cost ~0.13 s of imports on every run, more
+than a whole pull of an image the engine already has may take; their chunked readers also
+copy every byte of a save stream several times in Python. Small calls share one kept-alive
+connection per thread; each save, load and pull stream gets a connection of its own. Paths
+are unversioned: the engine serves its newest API, as the SDK's version="auto" did.
+
+Images come back as image.EngineImage. The unit tests of push and pull planning
+(tests/test_transfer_plan.py) use a fake of the methods those paths call:
+uses_containerd_store, inspect, require, layer_chains, images_with_layers, save, load, tag.
+The containerd store's pull (pull, remove_tag, lists, inspect_details, is_local) is tested
+against real engines only; the protocol's failures against a fake engine
+(tests/test_engine_client.py).
 """
 
 import json
 import os
+import socket
+import threading
+from urllib.parse import quote, urlencode, urlsplit
 
 from .digests import chain_ids, is_digest
 from .errors import EngineError, NotFound
 from .image import EngineImage
 
 DEFAULT_HOST = "unix:///var/run/docker.sock"
+SCHEMES = "unix://, tcp://, http:// and https://"
+# A save stream is read into buffers of this size (one system call fills most of one).
+READ_SIZE = 1 << 20
+# The load tar goes out in batches of chunks, one sendmsg each: a store that hands out
+# small pieces (S3 reads, small files' tar headers) must not cost three calls per piece.
+SEND_BATCH = 1 << 20
+SEND_PARTS = 3 * 64  # sendmsg takes at most IOV_MAX (1024) buffers
+# Bounds on what a hostile or broken engine can make us hold: a JSON answer (a listing of
+# tens of thousands of images is a few MiB), one line of a progress stream, an error body.
+MAX_JSON = 64 << 20
+MAX_LINE = 1 << 20
+MAX_ERROR = 64 << 10
+PARALLEL_INSPECTS = 8
 
 
-def _friendly(err, host):
-    text = str(err)
-    if "No such file or directory" in text or "Connection refused" in text or "ConnectionError" in type(err).__name__:
-        return EngineError(f"cannot reach the Docker engine at {host}: is it running? (set --docker-host, "
-                           "[docker] connection or DOCKER_HOST)")
-    explanation = getattr(err, "explanation", None) or text
-    return EngineError(f"Docker engine at {host}: {explanation}")
+def _unreachable(host):
+    return EngineError(f"cannot reach the Docker engine at {host}: is it running? (set --docker-host, "
+                       "[docker] connection or DOCKER_HOST)")
+
+
+def _one_line(text, limit=2000):
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _http():
+    # http.client (and the email parser under it) is imported only by commands that talk
+    # to an engine: `dogestry help` builds a Context, and so imports this module, too.
+    import http.client
+
+    return http.client
+
+
+def _connection_errors():
+    return (OSError, _http().HTTPException)
+
+
+def _unix_connection(path):
+    http_client = _http()
+
+    class UnixConnection(http_client.HTTPConnection):
+        def connect(self):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.connect(path)
+            except OSError:
+                sock.close()
+                raise
+            self.sock = sock
+
+    return UnixConnection("localhost")
+
+
+def _tls_context(environ):
+    """The docker CLI's TLS settings, None without TLS: DOCKER_TLS_VERIFY set and not empty
+    checks the engine's certificate against DOCKER_CERT_PATH/ca.pem; DOCKER_CERT_PATH alone
+    encrypts without checking; cert.pem and key.pem there are our client certificate."""
+    import ssl
+
+    cert_path = environ.get("DOCKER_CERT_PATH") or None
+    verify = environ.get("DOCKER_TLS_VERIFY") not in (None, "")
+    if not (cert_path or verify):
+        return None
+    cert_path = cert_path or os.path.join(os.path.expanduser("~"), ".docker")
+    try:
+        if verify:
+            context = ssl.create_default_context(cafile=os.path.join(cert_path, "ca.pem"))
+        else:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+        cert = os.path.join(cert_path, "cert.pem")
+        if verify or os.path.exists(cert):
+            context.load_cert_chain(cert, os.path.join(cert_path, "key.pem"))
+    except (OSError, ssl.SSLError) as err:
+        raise EngineError(f"Docker TLS settings in {cert_path}: {_one_line(err)}") from None
+    return context
+
+
+class _ApiError(Exception):
+    """The engine answered a status >= 400; str() is its message."""
+
+    def __init__(self, status, message):
+        super().__init__(message)
+        self.status = status
+
+
+class _Slot:
+    """Where one thread keeps its kept-alive connection (http.client's are not thread-safe)."""
+
+    conn = None
+
+    def close(self):
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+
+class _SaveStream:
+    """A `docker save` body: read(n) hands out pieces of a 1 MiB buffer that readinto fills
+    (http.client decodes the chunking straight into it), so the tar reader's many small
+    reads cost no system calls and big ones no extra copies."""
+
+    def __init__(self, conn, response, host):
+        self._conn, self._response, self._host = conn, response, host
+        self._buf = bytearray(READ_SIZE)
+        self._view = memoryview(self._buf)
+        self._start = self._end = 0
+
+    def read(self, n=-1):
+        if self._start == self._end:
+            try:
+                got = self._response.readinto(self._buf)
+            except _connection_errors() as err:
+                self.close()
+                raise EngineError(f"Docker engine at {self._host}: the save stream broke off "
+                                  f"({_one_line(repr(err))})") from None
+            self._start, self._end = 0, got
+            if not got:
+                return b""
+        if n is None or n < 0:
+            n = self._end - self._start
+        piece = bytes(self._view[self._start:min(self._end, self._start + n)])
+        self._start += len(piece)
+        return piece
+
+    def close(self):
+        self._response.close()
+        self._conn.close()
 
 
 class Engine:
-    def __init__(self, host):
+    def __init__(self, host, environ=None):
         self.host = host or DEFAULT_HOST
-        self._api = None
+        self._environ = os.environ if environ is None else environ
         self._info = None
+        self._local = threading.local()  # .slot: this thread's kept-alive connection
 
-    @property
-    def api(self):
-        if self._api is None:
-            import docker
-            from docker.utils import kwargs_from_env
-
-            kwargs = {}
+    # -- HTTP ---------------------------------------------------------------------------
+    def _connect(self):
+        """A new (not yet connected) connection to the engine; http.client connects on the first request."""
+        http_client = _http()
+        url = urlsplit(self.host)
+        if url.scheme in ("unix", "http+unix"):
+            path = self.host.split("://", 1)[1]
+            if not path:
+                raise EngineError(f"Docker engine URL {self.host} names no socket")
+            return _unix_connection(path)
+        if url.scheme in ("tcp", "http", "https"):
             try:
-                kwargs = kwargs_from_env()  # TLS from DOCKER_TLS_VERIFY / DOCKER_CERT_PATH
-            except Exception as err:  # a bad cert path is a user error, say so plainly
-                raise EngineError(f"Docker TLS settings: {err}") from None
-            kwargs["base_url"] = self.host
-            # Saves and loads of large images run for minutes: no client-side timeout.
-            kwargs["timeout"] = None
-            try:
-                self._api = docker.APIClient(version="auto", **kwargs)
-            except Exception as err:
-                raise _friendly(err, self.host) from None
-        return self._api
+                hostname, port = url.hostname, url.port
+            except ValueError:
+                hostname = port = None
+            if not hostname:
+                raise EngineError(f"Docker engine URL {self.host} names no host or a bad port")
+            context = _tls_context(self._environ)
+            if url.scheme == "https" and context is None:
+                import ssl
 
-    def _call(self, fn, *args, **kwargs):
-        import docker.errors
-        import requests.exceptions
+                context = ssl.create_default_context()
+            if context is not None:
+                return http_client.HTTPSConnection(hostname, port or 2376, context=context)
+            return http_client.HTTPConnection(hostname, port or 2375)
+        raise EngineError(f"Docker engine URL {self.host}: dogestry speaks {SCHEMES} only")
 
+    def _slot(self):
+        slot = getattr(self._local, "slot", None)
+        if slot is None:
+            slot = self._local.slot = _Slot()
+        return slot
+
+    def _failed(self, err):
+        if isinstance(err, (FileNotFoundError, ConnectionRefusedError, socket.gaierror)):
+            return _unreachable(self.host)
+        return EngineError(f"Docker engine at {self.host}: {_one_line(repr(err) if not str(err) else err)}")
+
+    def _request(self, method, path, params=None, slot=None):
+        """Send one request with no body; return (connection, response). With a slot, on
+        its kept-alive connection (the caller reads the answer whole); without, on a
+        connection of its own (a stream; the caller closes it)."""
+        if params:
+            path += "?" + urlencode(params, doseq=True)
+        reused = slot is not None and slot.conn is not None
+        conn = slot.conn if reused else self._connect()
+        if slot is not None:
+            slot.conn = conn
         try:
-            return fn(*args, **kwargs)
-        except docker.errors.NotFound:
-            raise
-        except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as err:
-            raise _friendly(err, self.host) from None
+            conn.request(method, path)
+            return conn, conn.getresponse()
+        except _connection_errors() as err:
+            conn.close()
+            if slot is not None:
+                slot.conn = None
+            if reused and isinstance(err, (_http().RemoteDisconnected, BrokenPipeError, ConnectionResetError)):
+                # The engine closed the idle kept-alive connection before reading this
+                # request (nothing was sent but headers): ask once more on a new one.
+                return self._request(method, path, None, slot)
+            raise self._failed(err) from None
 
+    def _check(self, response):
+        """Raise _ApiError for a status >= 400, with the engine's message."""
+        if response.status < 400:
+            return
+        try:
+            data = response.read(MAX_ERROR)
+        except _connection_errors():
+            data = b""
+        try:
+            message = json.loads(data).get("message")
+        except (ValueError, AttributeError, RecursionError):
+            message = None
+        message = _one_line(message or data.decode("utf-8", "replace")) or f"{response.status} {response.reason}"
+        raise _ApiError(response.status, message)
+
+    def _json(self, method, path, params=None, missing_ok=False, slot=None):
+        """The engine's JSON answer (None for 404 when missing_ok), read with a size cap."""
+        slot = slot or self._slot()
+        conn, response = self._request(method, path, params, slot)
+        try:
+            try:
+                self._check(response)
+            except _ApiError as err:
+                if err.status == 404 and missing_ok:
+                    return None
+                raise EngineError(f"Docker engine at {self.host}: {err}") from None
+            if response.length is not None and response.length > MAX_JSON:
+                raise EngineError(f"Docker engine at {self.host}: its answer to {method} {path} is larger "
+                                  f"than {MAX_JSON >> 20} MiB")
+            data, size = [], 0
+            try:
+                # In pieces: read(MAX_JSON) of an answer without a length would allocate it all.
+                while size <= MAX_JSON and (piece := response.read(READ_SIZE)):
+                    data.append(piece)
+                    size += len(piece)
+            except _connection_errors() as err:
+                raise self._failed(err) from None
+            data = b"".join(data)
+            if size > MAX_JSON:
+                raise EngineError(f"Docker engine at {self.host}: its answer to {method} {path} is larger "
+                                  f"than {MAX_JSON >> 20} MiB")
+            try:
+                return json.loads(data) if data.strip() else None
+            except (ValueError, RecursionError):
+                raise EngineError(f"Docker engine at {self.host}: its answer to {method} {path} "
+                                  "is not JSON") from None
+        finally:
+            if not response.isclosed():
+                # Not read to its end (an error, a cap): the connection cannot carry another request.
+                conn.close()
+                slot.conn = None
+
+    # -- the interface ------------------------------------------------------------------
     def info(self):
         if self._info is None:
-            self._info = self._call(self.api.info)
+            found = self._json("GET", "/info")
+            if not isinstance(found, dict):
+                raise EngineError(f"Docker engine at {self.host}: its /info answer is not an object")
+            self._info = found
         return self._info
 
     def uses_containerd_store(self):
@@ -74,14 +291,23 @@ class Engine:
         status = self.info().get("DriverStatus") or []
         return any(k == "driver-type" and "snapshotter" in v for k, v in status)
 
-    def inspect(self, image):
-        """The EngineImage `image` names (name:tag or id), or None when the engine has none."""
-        import docker.errors
+    def inspect_details(self, image, slot=None):
+        """The engine's whole inspect of image (a dict), or None: for telling apart images
+        that share every layer by their config."""
+        found = self._json("GET", f"/images/{_quote(image)}/json", missing_ok=True, slot=slot)
+        if found is not None and not isinstance(found, dict):
+            raise EngineError(f"Docker engine at {self.host}: its inspect of {image} is not an object")
+        return found
 
-        try:
-            return EngineImage.from_inspect(self._call(self.api.inspect_image, image))
-        except docker.errors.NotFound:
+    def inspect(self, image, slot=None):
+        """The EngineImage `image` names (name:tag or id), or None when the engine has none."""
+        found = self.inspect_details(image, slot)
+        if found is None:
             return None
+        try:
+            return EngineImage.from_inspect(found)
+        except (KeyError, TypeError, AttributeError):
+            raise EngineError(f"Docker engine at {self.host}: its inspect of {image} lacks an id or layers") from None
 
     def require(self, image):
         found = self.inspect(image)
@@ -89,12 +315,47 @@ class Engine:
             raise NotFound(f"image {image} not found in the Docker engine at {self.host}")
         return found
 
+    def _images(self, params=None):
+        found = self._json("GET", "/images/json", params) or []
+        if not isinstance(found, list) or not all(isinstance(img, dict) for img in found):
+            raise EngineError(f"Docker engine at {self.host}: its image listing is not a list of images")
+        return found
+
+    def _ids(self, images):
+        try:
+            return [img["Id"] for img in images]
+        except KeyError:
+            raise EngineError(f"Docker engine at {self.host}: its image listing has an image without an id") from None
+
     def image_ids(self):
-        return [img["Id"] for img in self._call(self.api.images, all=True)]
+        return self._ids(self._images({"all": "1"}))
 
     def tagged_names(self):
         """name:tag of every tagged image (for completion)."""
-        return [t for img in self._call(self.api.images) for t in img.get("RepoTags") or [] if t != "<none>:<none>"]
+        return [t for img in self._images() for t in img.get("RepoTags") or [] if t != "<none>:<none>"]
+
+    def _inspect_many(self, ids):
+        """inspect of each id (None where gone), PARALLEL_INSPECTS at a time to overlap the
+        round trips; each worker on a kept-alive connection of its own, closed at the end."""
+        if len(ids) <= 1:
+            return [self.inspect(i) for i in ids]
+        from concurrent.futures import ThreadPoolExecutor
+
+        local, slots = threading.local(), []
+
+        def one(image_id):
+            slot = getattr(local, "slot", None)
+            if slot is None:
+                slot = local.slot = _Slot()
+                slots.append(slot)
+            return self.inspect(image_id, slot)
+
+        try:
+            with ThreadPoolExecutor(min(PARALLEL_INSPECTS, len(ids))) as pool:
+                return list(pool.map(one, ids))
+        finally:
+            for slot in slots:
+                slot.close()
 
     def layer_chains(self):
         """Chain ids of every layer the engine holds with everything below it.
@@ -104,58 +365,110 @@ class Engine:
         is a content hash and its layers never change: only images this host has never shown
         us are inspected, so a pull costs the same on a host with 10 images or 1,000.
         """
-        from concurrent.futures import ThreadPoolExecutor
-
-        ids = [img["Id"] for img in self._call(self.api.images)]
-        cache = _ChainCache.load()
+        ids = self._ids(self._images())
+        cache = _ChainCache.load(self._environ)
         unknown = [i for i in ids if i not in cache.entries]
-        with ThreadPoolExecutor(8) as pool:  # one inspect per new image: overlap the round trips
-            for image_id, found in zip(unknown, pool.map(self.inspect, unknown)):
-                if found is not None:  # removed since the listing: nothing to learn
-                    cache.entries[image_id] = chain_ids(found.diff_ids)
+        for image_id, found in zip(unknown, self._inspect_many(unknown)):
+            if found is not None:  # removed since the listing: nothing to learn
+                cache.entries[image_id] = chain_ids(found.diff_ids)
         if unknown:
             cache.save(keep=ids)
         return {c for i in ids for c in cache.entries.get(i, ())}
 
     def save(self, names):
-        """A raw binary stream of `docker save names...`."""
-        api = self.api
-        res = self._call(api._get, api._url("/images/get"), params={"names": list(names)}, stream=True)
+        """A binary stream (read(n), close()) of `docker save names...`."""
+        conn, response = self._request("GET", "/images/get", {"names": list(names)})
         try:
-            api._raise_for_status(res)
-        except Exception as err:
-            raise _friendly(err, self.host) from None
-        res.raw.decode_content = True
-        return res.raw
+            self._check(response)
+        except _ApiError as err:
+            conn.close()
+            raise EngineError(f"Docker engine at {self.host}: {err}") from None
+        return _SaveStream(conn, response, self.host)
 
     def load(self, chunks):
-        """Stream a tar into `docker load`; fail on any in-stream error the engine reports."""
-        api = self.api
-        res = self._call(api._post, api._url("/images/load"), data=chunks, params={"quiet": "1"},
-                         headers={"Content-Type": "application/x-tar"}, stream=True)
+        """Stream a tar into `docker load`; fail on any in-stream error the engine reports.
+        A chunks iterator that raises leaves the body unfinished: the engine loads nothing."""
+        conn = self._connect()
         try:
-            api._raise_for_status(res)
-        except Exception as err:
-            raise _friendly(err, self.host) from None
-        loaded = []
-        for line in res.iter_lines():
+            response = self._send_chunked(conn, "/images/load?quiet=1", chunks)
+            try:
+                self._check(response)
+            except _ApiError as err:
+                raise EngineError(f"docker load into {self.host} failed: {err}") from None
+            loaded = []
+            for msg in self._messages(response, "docker load"):
+                if msg.get("errorDetail") or msg.get("error"):
+                    raise EngineError(f"docker load into {self.host} failed: {_error_detail(msg)}")
+                text = msg.get("stream")
+                text = text.strip() if isinstance(text, str) else ""
+                if "Error unpacking image" in text:
+                    raise EngineError(f"docker load into {self.host} failed: {_one_line(text)}")
+                loaded.append(text)
+            return loaded
+        finally:
+            conn.close()
+
+    def _send_chunked(self, conn, path, chunks):
+        """POST chunks as a chunked body, gathered in batches (no copy into a bigger
+        buffer); return the response. An engine that answers early (an error) is heard."""
+        try:
+            conn.putrequest("POST", path, skip_accept_encoding=True)
+            conn.putheader("Content-Type", "application/x-tar")
+            conn.putheader("Transfer-Encoding", "chunked")
+            conn.endheaders()
+        except _connection_errors() as err:
+            raise self._failed(err) from None
+        sock = conn.sock
+        try:
+            batch, size = [], 0
+            for chunk in chunks:
+                if chunk:
+                    batch += (b"%x\r\n" % len(chunk), chunk, b"\r\n")
+                    size += len(chunk)
+                    if size >= SEND_BATCH or len(batch) >= SEND_PARTS:
+                        _send_parts(sock, batch)
+                        batch, size = [], 0
+            _send_parts(sock, batch + [b"0\r\n\r\n"])
+        except OSError as err:
+            # The engine stopped reading: its answer says why, if it gave one.
+            try:
+                response = conn.getresponse()
+                self._check(response)
+            except _ApiError as api_err:
+                raise EngineError(f"docker load into {self.host} failed: {api_err}") from None
+            except _connection_errors():
+                pass
+            raise EngineError(f"Docker engine at {self.host} broke off the load stream "
+                              f"({_one_line(repr(err))})") from None
+        try:
+            return conn.getresponse()
+        except _connection_errors() as err:
+            raise EngineError(f"Docker engine at {self.host} gave no answer to the load "
+                              f"({_one_line(repr(err))})") from None
+
+    def _messages(self, response, what):
+        """The JSON messages of a progress stream, one per line, each line capped."""
+        while True:
+            try:
+                line = response.readline(MAX_LINE + 1)
+            except _connection_errors() as err:
+                raise EngineError(f"Docker engine at {self.host}: the {what} stream broke off "
+                                  f"({_one_line(repr(err))})") from None
+            if not line:
+                return
+            if len(line) > MAX_LINE:
+                raise EngineError(f"Docker engine at {self.host}: a {what} message is longer than "
+                                  f"{MAX_LINE >> 20} MiB")
             if not line.strip():
                 continue
             try:
                 msg = json.loads(line)
-            except ValueError:
+            except (ValueError, RecursionError):
                 msg = {"stream": line.decode("utf-8", "replace")}
-            if msg.get("errorDetail") or msg.get("error"):
-                detail = (msg.get("errorDetail") or {}).get("message") or msg.get("error")
-                raise EngineError(f"docker load failed: {detail.strip()}")
-            text = msg.get("stream", "")
-            if "Error unpacking image" in text:
-                raise EngineError(f"docker load failed: {text.strip()}")
-            loaded.append(text.strip())
-        return loaded
+            yield msg if isinstance(msg, dict) else {}
 
     def tag(self, image_id, ref):
-        self._call(self.api.tag, image_id, ref.name, ref.tag, force=True)
+        self._json("POST", f"/images/{_quote(image_id)}/tag", {"repo": ref.name, "tag": ref.tag, "force": "1"})
 
     # -- pulling from a registry (the containerd image store's pull-through path) ----------
     def is_local(self):
@@ -163,14 +476,16 @@ class Engine:
         127.0.0.0/8, ::1 or localhost. Only such an engine can reach a server dogestry
         starts on 127.0.0.1."""
         import ipaddress
-        from urllib.parse import urlsplit
 
         if self.host.startswith("unix://"):
             return True
         parts = urlsplit(self.host)
         if parts.scheme not in ("tcp", "http", "https"):
             return False  # npipe:// and ssh:// reach another machine or VM
-        host = parts.hostname or ""
+        try:
+            host = parts.hostname or ""
+        except ValueError:
+            return False
         if host == "localhost":
             return True
         try:
@@ -180,49 +495,60 @@ class Engine:
 
     def pull(self, repository, tag):
         """`docker pull repository:tag`; fail on any error line of the progress stream."""
-        stream = self._call(self.api.pull, repository, tag=tag, stream=True, decode=True)
+        conn, response = self._request("POST", "/images/create", {"fromImage": repository, "tag": tag})
         try:
-            for msg in stream:
+            try:
+                self._check(response)
+            except _ApiError as err:
+                raise EngineError(f"docker pull {repository}:{tag} into {self.host} failed: {err}") from None
+            for msg in self._messages(response, "docker pull"):
                 if msg.get("errorDetail") or msg.get("error"):
-                    detail = (msg.get("errorDetail") or {}).get("message") or msg.get("error")
-                    raise EngineError(f"docker pull {repository}:{tag} failed: {str(detail).strip()}")
-        except EngineError:
-            raise
-        except Exception as err:
-            raise _friendly(err, self.host) from None
+                    raise EngineError(f"docker pull {repository}:{tag} into {self.host} failed: "
+                                      f"{_error_detail(msg)}")
+        finally:
+            conn.close()
 
     def remove_tag(self, name):
         """Remove the name `name` (name:tag); the image stays while another name holds it."""
-        import docker.errors
-
-        try:
-            self._call(self.api.remove_image, name, force=False, noprune=True)
-        except docker.errors.NotFound:
-            pass
+        self._json("DELETE", f"/images/{_quote(name)}", {"noprune": "1"}, missing_ok=True)
 
     def images_with_layers(self, diff_ids):
         """Ids of the engine's images whose layers are exactly diff_ids (the containerd store
         holds one image under several manifests: built here, and as dogestry loaded it)."""
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(8) as pool:
-            found = [f for f in pool.map(self.inspect, self.image_ids()) if f is not None]
+        found = [f for f in self._inspect_many(self.image_ids()) if f is not None]
         return [f.id for f in found if f.diff_ids == list(diff_ids)]
-
-    def inspect_details(self, image):
-        """The engine's whole inspect of image (a dict), or None: for telling apart images
-        that share every layer by their config."""
-        import docker.errors
-
-        try:
-            return self._call(self.api.inspect_image, image)
-        except docker.errors.NotFound:
-            return None
 
     def lists(self, name):
         """True when `docker images` shows name: the containerd store hides an image whose
         content is incomplete (it runs, but cannot be saved)."""
-        return bool(self._call(self.api.images, name=name))
+        return bool(self._images({"filters": json.dumps({"reference": [name]})}))
+
+
+def _quote(name):
+    # An image reference in a path: docker routes /images/{name:.*}/..., so '/' ':' '@' stay.
+    return quote(name, safe="/:@")
+
+
+def _error_detail(msg):
+    detail = msg.get("errorDetail")
+    detail = detail.get("message") if isinstance(detail, dict) else None
+    return _one_line(detail or msg.get("error") or "an error with no message")
+
+
+def _send_parts(sock, parts):
+    """Send parts in order: gathered into one sendmsg call each time (no copy into a
+    joined buffer), or joined where the socket cannot gather (TLS)."""
+    if type(sock) is not socket.socket:
+        sock.sendall(b"".join(parts))
+        return
+    views = [memoryview(p).cast("B") for p in parts]
+    while views:
+        sent = sock.sendmsg(views)
+        while sent:
+            if sent >= len(views[0]):
+                sent -= len(views.pop(0))
+            else:
+                views[0], sent = views[0][sent:], 0
 
 
 CACHE_NAME = "engine-chains.json"
