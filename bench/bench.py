@@ -142,7 +142,7 @@ class Bench:
         if missing:
             sh("apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq " + " ".join(missing))
         # bin/dogestry runs this checkout's code; only its dependencies need installing.
-        need = ["docker", "boto3", "lz4", "argcomplete"]
+        need = ["boto3", "lz4", "argcomplete"]
         if self.args.profile:
             need.append("py-spy")
         if cases & {"P6", "P7", "P13", "P15"}:
