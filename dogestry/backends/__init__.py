@@ -265,7 +265,7 @@ def _s3(url, temp_dir, config):
 def _presigned(url, temp_dir, config):
     from .presigned import PresignedIndexBackend
 
-    return PresignedIndexBackend(url, temp_dir=temp_dir)
+    return PresignedIndexBackend(url, temp_dir=temp_dir, config=config)
 
 
 # One place decides which module serves a URL (dulwich's get_transport_and_path).
