@@ -50,7 +50,11 @@ def _read_regular_file(path, limit):
     so a FIFO or a device named as the config never hangs a run or is read without end."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            null = os.stat(os.devnull)
+            if (info.st_dev, info.st_ino) == (null.st_dev, null.st_ino):
+                return b""  # --config /dev/null: "no config file", as with git
             raise UsageError(f"config file {path} is not a regular file")
         os.set_blocking(fd, True)
         with os.fdopen(fd, "rb", closefd=False) as f:

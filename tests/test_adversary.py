@@ -280,3 +280,32 @@ def test_unusual_images_push_and_pull_whole(engine, tmp_path, case):
     tar.write_bytes(_load_tar(layers, tag, env))
     out = dogestry("save-to-repo", "--input", str(tar), str(tmp_path / "plumbing")).stdout.decode()
     assert out.split()[1] == tag
+
+
+# -- URLs that carry more than a location ----------------------------------------------------
+
+@pytest.mark.parametrize("url,says", [
+    ("s3://images/../prod/", "prefixes are literal"),
+    ("s3://images/prod/./x/", "prefixes are literal"),
+    ("s3://AKIAADVERSARY:adversarysig@images/prod/", "without user, password or port"),
+    ("s3://images:9000/prod/", "without user, password or port"),
+    ("s3://images/prod/?endpoint=http://user:adversarysig@127.0.0.1:1", "user or password"),
+], ids=["dotdot-prefix", "dot-prefix", "credentials-in-bucket", "port-on-bucket", "password-in-endpoint"])
+def test_s3_urls_that_would_mislead_or_leak_are_usage_errors(url, says):
+    env = dict(os.environ, AWS_ACCESS_KEY_ID="k", AWS_SECRET_ACCESS_KEY="s", DOGESTRY_STALL_TIMEOUT="2")
+    err = _one_line_error(_bounded("remote", url, env=env), 2)
+    assert says in err and "AKIAADVERSARY" not in err
+
+
+def test_a_password_in_the_s3_endpoint_from_the_environment_is_never_echoed():
+    env = dict(os.environ, AWS_ACCESS_KEY_ID="k", AWS_SECRET_ACCESS_KEY="s",
+               AWS_ENDPOINT_URL="http://user:adversarysig@127.0.0.1:1")
+    assert "user or password" in _one_line_error(_bounded("remote", "s3://images/prod/", env=env), 2)
+
+
+def test_a_password_in_a_share_url_is_masked(hostile):
+    _Hostile.routes["/login-for-mask"] = ("status", 403)
+    netloc = hostile.split("://", 1)[1]
+    err = _one_line_error(_bounded("show-ref", f"http://user:adversarysig@{netloc}/nowhere?{SECRET}",
+                                   env=dict(os.environ, DOGESTRY_STALL_TIMEOUT=str(STALL))))
+    assert "<user>@" in err or "HTTP" in err, err

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import parse_qs, urlsplit
 
 from ..errors import DogestryError, NotFound, StorageError, UsageError
-from . import PRESIGN, WRITE, Backend, ObjectInfo, check_key, too_large
+from . import PRESIGN, WRITE, Backend, ObjectInfo, check_key, mask_url, too_large
 from .retry import TransientError, retrying, stall_timeout
 
 # Memory is bounded by these: about (UPLOAD_PARALLEL + 1) x PART_SIZE per upload and
@@ -43,7 +43,16 @@ def parse_s3_url(url):
     bucket = parts.netloc
     if not bucket:
         raise UsageError(f"S3 URL {url!r} has no bucket; write s3://BUCKET/PREFIX/")
+    if "@" in bucket or ":" in bucket:
+        # userinfo would be credentials typed into the URL: never echo it
+        raise UsageError("an S3 URL names a bucket, without user, password or port (s3://BUCKET/PREFIX/); "
+                         "credentials come from the AWS chain or [s3] in dogestry.cfg, the endpoint from ?endpoint=")
     prefix = parts.path.lstrip("/")
+    if any(part in (".", "..") for part in prefix.split("/")):
+        # S3 keys are literal, so ../ would not go up: some stores refuse it, others make a
+        # prefix nobody meant. Said now rather than as a storage error later.
+        raise UsageError(f"S3 URL {mask_url(url)[:200]!r} has a . or .. in its prefix; S3 prefixes are literal, "
+                         "write the prefix itself")
     if prefix and not prefix.endswith("/"):
         prefix += "/"
     query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
@@ -67,6 +76,10 @@ def check_endpoint(endpoint, where):
         parts.port  # a port that is not a number raises here
     except ValueError:
         parts = None
+    if parts is not None and "@" in parts.netloc:
+        # a password typed into the endpoint would be echoed by every error that names it
+        raise UsageError(f"{where} has a user or password in it; an S3 endpoint is http(s)://HOST[:PORT] and "
+                         "credentials come from the AWS chain or [s3] in dogestry.cfg")
     if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
         raise UsageError(f"{where} {endpoint[:200]!r} is not an S3 endpoint URL; write http(s)://HOST[:PORT]")
     return endpoint
