@@ -309,3 +309,16 @@ def test_a_password_in_a_share_url_is_masked(hostile):
     err = _one_line_error(_bounded("show-ref", f"http://user:adversarysig@{netloc}/nowhere?{SECRET}",
                                    env=dict(os.environ, DOGESTRY_STALL_TIMEOUT=str(STALL))))
     assert "<user>@" in err or "HTTP" in err, err
+
+
+# -- plumbing records from the wrong command ---------------------------------------------------
+
+@pytest.mark.parametrize("data", [b"layer\n", b"\xff\xfe\n", b"config\0", b"app:1\n"],
+                         ids=["object-kind", "not-utf8", "nul-terminated-kind", "a-ref-alone"])
+def test_update_ref_refuses_one_field_records_that_are_not_image_ids(tmp_path, data):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    args = ["update-ref", "--stdin", str(repo)] + (["-z"] if data.endswith(b"\0") else [])
+    proc = subprocess.run([sys.executable, BIN, *args], input=data, capture_output=True, timeout=60)
+    assert "bad ref record" in _one_line_error(proc, 2)
+    assert not (repo / "repositories").exists()
