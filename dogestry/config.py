@@ -16,6 +16,7 @@ lines.
 
 import os
 import re
+import stat
 
 from .errors import UsageError
 
@@ -42,6 +43,24 @@ def _strip_comment(value):
             break
         out.append(ch)
     return "".join(out).strip()
+
+
+def _read_regular_file(path, limit):
+    """At most limit bytes of path, which must be a regular file: opened without blocking,
+    so a FIFO or a device named as the config never hangs a run or is read without end."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            null = os.stat(os.devnull)
+            if (info.st_dev, info.st_ino) == (null.st_dev, null.st_ino):
+                return b""  # --config /dev/null: "no config file", as with git
+            raise UsageError(f"config file {path} is not a regular file")
+        os.set_blocking(fd, True)
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            return f.read(limit)
+    finally:
+        os.close(fd)
 
 
 class Config:
@@ -77,8 +96,7 @@ class Config:
             if not os.path.exists(path):
                 return cls()
         try:
-            with open(path, "rb") as f:
-                data = f.read(MAX_FILE + 1)
+            data = _read_regular_file(path, MAX_FILE + 1)
         except FileNotFoundError:
             raise UsageError(f"config file {path} does not exist") from None
         except OSError as err:

@@ -265,7 +265,7 @@ def _s3(url, temp_dir, config):
 def _presigned(url, temp_dir, config):
     from .presigned import PresignedIndexBackend
 
-    return PresignedIndexBackend(url, temp_dir=temp_dir)
+    return PresignedIndexBackend(url, temp_dir=temp_dir, config=config)
 
 
 # One place decides which module serves a URL (dulwich's get_transport_and_path).
@@ -298,10 +298,14 @@ def open_backend(url, temp_dir=None, config=None):
 
 
 def mask_url(url):
-    """A URL fit for output: a query string (presigned signatures, credentials) is hidden."""
-    if "?" not in url:
-        return url
-    base, query = url.split("?", 1)
-    if any(marker in query for marker in ("Signature", "Credential", "Security-Token", "AWSAccessKeyId")):
+    """A URL fit for output: a query string (presigned signatures, credentials) and a
+    password in the authority (http://user:password@host/) are hidden."""
+    base, sep, query = url.partition("?")
+    scheme, sep2, rest = base.partition("://")
+    if sep2:
+        authority, slash, path = rest.partition("/")
+        if "@" in authority:
+            base = f"{scheme}://<user>@{authority.rpartition('@')[2]}{slash}{path}"
+    if sep and any(marker in query for marker in ("Signature", "Credential", "Security-Token", "AWSAccessKeyId")):
         return base + "?<signed>"
-    return url
+    return base + sep + query

@@ -6,20 +6,29 @@ it needs no configuration and no credentials. Signed query strings never appear 
 output (mask_url).
 """
 
+import http.client
 import json
 import re
+import time
 import urllib.error
 import urllib.request
 from datetime import datetime, timezone
+from urllib.parse import urlsplit
 
 from ..errors import NotFound, StorageError
 from . import Backend, check_key, mask_url, too_large
-from .retry import TransientError, retrying
+from .retry import TransientError, retrying, stall_timeout
 
 SHARE_FORMAT = "dogestry-share"   # sharing.py writes what this reads
 SHARE_VERSION = 1
 TIMEOUT = 60
 MAX_INDEX = 64 << 20
+
+
+def _shown(value):
+    """A value from the index, short enough for a one-line error whatever its size."""
+    text = json.dumps(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 class _RangeNotSatisfiable(StorageError):
@@ -37,8 +46,12 @@ def _refusal(err, what):
         pass
     code = re.search(rb"<Code>([^<]*)</Code>", body)
     message = re.search(rb"<Message>([^<]*)</Message>", body)
-    code = code.group(1).decode() if code else str(err.code)
-    message = message.group(1).decode() if message else err.reason
+    # Only the server's own XML codes are shown; urllib's reasons can span lines (a redirect loop).
+    code = code.group(1).decode("ascii", "replace")[:80] if code else ""
+    message = message.group(1).decode("utf-8", "replace")[:200] if message else ""
+    if 300 <= err.code < 400:
+        return StorageError(f"{what}: HTTP {err.code} from the shared URL: a redirect loop or one without "
+                            "a location; a shared URL is fetched directly")
     if "expired" in message.lower() or code in ("ExpiredToken", "RequestExpired"):
         return StorageError(f"{what}: the shared URL has expired; ask for a new one (dogestry share)")
     if code in ("SignatureDoesNotMatch", "AuthorizationQueryParametersError", "InvalidAccessKeyId",
@@ -46,36 +59,110 @@ def _refusal(err, what):
         return StorageError(f"{what}: the shared URL was refused ({code}): it was altered, or the "
                             "credentials that signed it were revoked")
     if err.code == 404:
-        return StorageError(f"{what}: nothing at the shared URL (404 {code})")
-    return StorageError(f"{what}: HTTP {err.code} {code} from the shared URL")
+        return StorageError(f"{what}: nothing at the shared URL (404{f' {code}' if code else ''})")
+    return StorageError(f"{what}: HTTP {err.code}{f' {code}' if code else ''} from the shared URL")
 
 
-def _get(url, what, headers=None):
-    """An open HTTP response; 5xx and connection failures are retried (retry.retrying)."""
+def _timeout(stall):
+    """Socket timeout of one attempt: a quarter of the stall timeout, at most TIMEOUT."""
+    return max(1.0, min(TIMEOUT, stall / 4))
+
+
+def _get(url, what, stall, headers=None):
+    """An open HTTP response; 5xx and connection failures are retried (retry.retrying)
+    until `stall` seconds pass without success. Only http(s) URLs are fetched: an index
+    is input, and must not make us read a local file (file://) or talk ftp."""
+    if not isinstance(url, str) or urlsplit(url).scheme.lower() not in ("http", "https"):
+        raise StorageError(f"{what}: the share index gives it no http(s) URL ({mask_url(str(url))[:80]!r})")
     request = urllib.request.Request(url, headers=headers or {})
 
     def attempt():
         try:
-            return urllib.request.urlopen(request, timeout=TIMEOUT)
+            return _Body(urllib.request.urlopen(request, timeout=_timeout(stall)), what, stall)
         except urllib.error.HTTPError as err:
             if err.code >= 500 or err.code == 429:
                 raise TransientError(f"{what}: HTTP {err.code} from {mask_url(url)}") from None
             raise _refusal(err, what) from None
-        except (urllib.error.URLError, OSError) as err:
+        except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as err:
             reason = getattr(err, "reason", err)
             raise TransientError(f"{what}: cannot reach {mask_url(url)} ({reason})") from None
 
-    return retrying(attempt)
+    return retrying(attempt, deadline=stall)
+
+
+class _Body:
+    """A response body whose reads fail as StorageError, never as a socket or HTTP
+    exception, and give up when less than PROGRESS bytes arrive in `stall` seconds: each
+    recv is bounded by the socket timeout, but a server trickling a byte at a time would
+    otherwise hold a reader for hours."""
+
+    PROGRESS = 64 << 10
+
+    def __init__(self, response, what, stall):
+        self.response, self.what, self.stall = response, what, stall
+        self.headers, self.status = response.headers, response.status
+        self._mark, self._since = 0, time.monotonic()
+        self._total = 0
+
+    def read(self, size=-1):
+        """Up to size bytes (all when size < 0), short only at the end of the body."""
+        parts, want = [], size if size is not None and size >= 0 else None
+        while want is None or want > 0:
+            try:
+                # read1: one recv at a time, so the stall check below runs between them
+                data = self.response.read1(self.PROGRESS if want is None else min(want, self.PROGRESS))
+            except (OSError, http.client.HTTPException, ValueError) as err:
+                raise TransientError(f"{self.what}: the shared URL's answer broke off ({type(err).__name__}: "
+                                   f"{err or 'no data'})") from None
+            if not data:
+                if self.response.length:  # the server promised more than it sent
+                    raise TransientError(f"{self.what}: the shared URL's answer broke off "
+                                       f"({self.response.length} bytes short)")
+                break
+            parts.append(data)
+            if want is not None:
+                want -= len(data)
+            self._progress(len(data))
+        return b"".join(parts)
+
+    def _progress(self, count):
+        self._total += count
+        now = time.monotonic()
+        if self._total - self._mark >= self.PROGRESS:
+            self._mark, self._since = self._total, now
+        elif now - self._since > self.stall:
+            raise StorageError(f"{self.what}: the shared URL sent under {self.PROGRESS >> 10} KiB in "
+                               f"{self.stall:.0f} s (stall-timeout); giving up")
+
+    def close(self):
+        self.response.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
 
 def _read(response, key, where, limit):
     """The body, refusing more than limit bytes (a hostile server cannot grow our memory)."""
     if limit is None:
         return response.read()
-    data = response.read(limit + 1)
+    data = bytearray()
+    while len(data) <= limit and (chunk := response.read(min(_Body.PROGRESS, limit + 1 - len(data)))):
+        data += chunk
     if len(data) > limit:
         raise too_large(key, where, limit)
-    return data
+    return bytes(data)
+
+
+def _fetch(url, what, stall, key, where, limit):
+    """A whole (small) object; a body that breaks off is fetched again, like a failed request."""
+    def attempt():
+        with _get(url, what, stall) as response:
+            return _read(response, key, where, limit)
+
+    return retrying(attempt, deadline=stall)
 
 
 class PresignedIndexBackend(Backend):
@@ -84,9 +171,10 @@ class PresignedIndexBackend(Backend):
     kind = "shared-url"
     capabilities = frozenset()
 
-    def __init__(self, url, temp_dir=None):
+    def __init__(self, url, temp_dir=None, config=None):
         super().__init__(url, temp_dir)
         self._index = None
+        self.stall = stall_timeout(config)
 
     def location(self):
         return mask_url(self.url)
@@ -94,8 +182,8 @@ class PresignedIndexBackend(Backend):
     @property
     def index(self):
         if self._index is None:
-            with _get(self.url, "cannot read the share index") as response:
-                data = _read(response, "the share index", self.location(), MAX_INDEX)
+            data = _fetch(self.url, "cannot read the share index", self.stall, "the share index",
+                          self.location(), MAX_INDEX)
             try:
                 index = json.loads(data)
                 if not isinstance(index, dict) or index.get("format") != SHARE_FORMAT \
@@ -103,16 +191,26 @@ class PresignedIndexBackend(Backend):
                     raise ValueError
             except (ValueError, RecursionError):
                 raise StorageError(f"{self.location()} is not a dogestry share index") from None
-            if index.get("version") != SHARE_VERSION:
-                raise StorageError(f"{self.location()} is a share index of version {index.get('version')}; "
+            version = index.get("version")
+            if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+                raise StorageError(f"{self.location()} is a damaged share index (version "
+                                   f"{_shown(version)})")
+            if version != SHARE_VERSION:
+                raise StorageError(f"{self.location()} is a share index of version {_shown(version)}; "
                                    f"this dogestry reads version {SHARE_VERSION}: upgrade dogestry")
             expires = index.get("expires")
             try:
                 until = datetime.fromisoformat(expires.replace("Z", "+00:00")) if expires else None
+                if until is not None and until.tzinfo is None:
+                    raise ValueError  # sharing.py writes UTC with a Z; a zoneless time is no instant
             except (AttributeError, TypeError, ValueError):
-                raise StorageError(f"{self.location()} is a damaged share index (expires {expires!r})") from None
+                raise StorageError(f"{self.location()} is a damaged share index (expires "
+                                   f"{_shown(expires)})") from None
             if until is not None and until < datetime.now(timezone.utc):
                 raise StorageError(f"the shared URL expired at {expires}; ask for a new one (dogestry share)")
+            bad = next((key for key, url in index.get("objects", {}).items() if not isinstance(url, str)), None)
+            if bad is not None:
+                raise StorageError(f"{self.location()} is a damaged share index (no URL for {_shown(bad)})")
             self._index = index
         return self._index
 
@@ -127,11 +225,10 @@ class PresignedIndexBackend(Backend):
         refs = self.index.get("refs", {})
         if key in refs:
             return f"{refs[key]}\n".encode()
-        with _get(self._url(key), f"cannot read {key}") as response:
-            return _read(response, key, self.location(), limit)
+        return _fetch(self._url(key), f"cannot read {key}", self.stall, key, self.location(), limit)
 
     def open(self, key):
-        return _get(self._url(key), f"cannot read {key}")
+        return _get(self._url(key), f"cannot read {key}", self.stall)
 
     def size(self, key):
         refs = self.index.get("refs", {})
@@ -139,7 +236,7 @@ class PresignedIndexBackend(Backend):
             return len(f"{refs[key]}\n")
         # A pre-signed GET cannot be turned into a HEAD: ask for one byte and read the total.
         try:
-            response = _get(self._url(key), f"cannot read {key}", headers={"Range": "bytes=0-0"})
+            response = _get(self._url(key), f"cannot read {key}", self.stall, headers={"Range": "bytes=0-0"})
         except _RangeNotSatisfiable:
             return 0  # not even one byte: the object is empty
         with response:

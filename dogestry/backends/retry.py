@@ -8,14 +8,33 @@ spent or, with a deadline, once that many seconds passed without success (a stal
 server: each attempt is bounded by the backend's own socket timeouts).
 """
 
+import os
 import random
 import time
 
-from ..errors import StorageError
+from ..errors import StorageError, UsageError
 
 ATTEMPTS = 5
 BASE_DELAY = 0.2   # seconds before the second attempt; doubles each time
 MAX_DELAY = 5.0
+
+
+STALL_TIMEOUT = 120  # seconds without progress before a network transfer gives up (stall-timeout)
+
+
+def stall_timeout(config, environ=os.environ):
+    """Seconds without progress before a network transfer gives up: DOGESTRY_STALL_TIMEOUT,
+    else [dogestry] stall-timeout, else STALL_TIMEOUT (environment beats config file)."""
+    text = environ.get("DOGESTRY_STALL_TIMEOUT") or (config.get("dogestry", "stall-timeout") if config else None)
+    if text is None:
+        return STALL_TIMEOUT
+    try:
+        value = float(text)
+        if not 1 <= value <= 86400:
+            raise ValueError
+    except ValueError:
+        raise UsageError(f"stall-timeout {text!r} is not a number of seconds between 1 and 86400") from None
+    return value
 
 
 class TransientError(StorageError):

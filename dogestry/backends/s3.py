@@ -17,8 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import parse_qs, urlsplit
 
 from ..errors import DogestryError, NotFound, StorageError, UsageError
-from . import PRESIGN, WRITE, Backend, ObjectInfo, check_key, too_large
-from .retry import TransientError, retrying
+from . import PRESIGN, WRITE, Backend, ObjectInfo, check_key, mask_url, too_large
+from .retry import TransientError, retrying, stall_timeout
 
 # Memory is bounded by these: about (UPLOAD_PARALLEL + 1) x PART_SIZE per upload and
 # 2 x DOWNLOAD_PARALLEL x RANGE_SIZE per download (bench/RESULTS.md has the peak RSS).
@@ -27,7 +27,6 @@ UPLOAD_PARALLEL = 3       # parts in flight per upload
 RANGE_SIZE = 4 << 20      # ranged GET size
 DOWNLOAD_PARALLEL = 4     # ranges in flight per download
 MAX_ATTEMPTS = 5          # attempts per request (retry.retrying): throttling, 5xx, resets, timeouts
-STALL_TIMEOUT = 120       # seconds without progress before giving up (stall-timeout)
 STALE_UPLOAD = 3600       # an unfinished multipart upload this old was abandoned (a killed push)
 _OPTIONS = {"region", "endpoint", "addressing", "checksums", "profile"}
 _TRANSIENT_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestTimeoutException",
@@ -44,7 +43,16 @@ def parse_s3_url(url):
     bucket = parts.netloc
     if not bucket:
         raise UsageError(f"S3 URL {url!r} has no bucket; write s3://BUCKET/PREFIX/")
+    if "@" in bucket or ":" in bucket:
+        # userinfo would be credentials typed into the URL: never echo it
+        raise UsageError("an S3 URL names a bucket, without user, password or port (s3://BUCKET/PREFIX/); "
+                         "credentials come from the AWS chain or [s3] in dogestry.cfg, the endpoint from ?endpoint=")
     prefix = parts.path.lstrip("/")
+    if any(part in (".", "..") for part in prefix.split("/")):
+        # S3 keys are literal, so ../ would not go up: some stores refuse it, others make a
+        # prefix nobody meant. Said now rather than as a storage error later.
+        raise UsageError(f"S3 URL {mask_url(url)[:200]!r} has a . or .. in its prefix; S3 prefixes are literal, "
+                         "write the prefix itself")
     if prefix and not prefix.endswith("/"):
         prefix += "/"
     query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
@@ -68,24 +76,13 @@ def check_endpoint(endpoint, where):
         parts.port  # a port that is not a number raises here
     except ValueError:
         parts = None
+    if parts is not None and "@" in parts.netloc:
+        # a password typed into the endpoint would be echoed by every error that names it
+        raise UsageError(f"{where} has a user or password in it; an S3 endpoint is http(s)://HOST[:PORT] and "
+                         "credentials come from the AWS chain or [s3] in dogestry.cfg")
     if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
         raise UsageError(f"{where} {endpoint[:200]!r} is not an S3 endpoint URL; write http(s)://HOST[:PORT]")
     return endpoint
-
-
-def stall_timeout(config, environ=os.environ):
-    """Seconds without progress before a network transfer gives up: DOGESTRY_STALL_TIMEOUT,
-    else [dogestry] stall-timeout, else STALL_TIMEOUT (environment beats config file)."""
-    text = environ.get("DOGESTRY_STALL_TIMEOUT") or (config.get("dogestry", "stall-timeout") if config else None)
-    if text is None:
-        return STALL_TIMEOUT
-    try:
-        value = float(text)
-        if not 1 <= value <= 86400:
-            raise ValueError
-    except ValueError:
-        raise UsageError(f"stall-timeout {text!r} is not a number of seconds between 1 and 86400") from None
-    return value
 
 
 def _legacy_or_config_credentials(config, warn):

@@ -6,7 +6,7 @@ record without a ref (an image saved by id) is passed over.
 
 from ..errors import UsageError
 from ..records import read_records
-from ..refs import parse_ref
+from ..refs import looks_like_id, parse_ref
 from ..transfer import set_refs
 from . import nul_option, remote_argument, stdin_option
 
@@ -34,5 +34,9 @@ def run(ctx, args):
         for fields in read_records(ctx.inp, args.nul):
             if len(fields) >= 2:
                 pairs.append((parse_ref(fields[1]), fields[0]))
+            elif not looks_like_id(fields[0]):
+                # passed over only when it is what save-to-repo prints for an untagged image:
+                # anything else is input from the wrong command, not a record to ignore
+                raise UsageError(f"bad ref record {fields[0][:80]!r}; expected '<image-id> [<name>:<tag>]'")
     set_refs(ctx, repo, [(repo.resolve(image_id)[0], ref) for ref, image_id in pairs])
     return 0
