@@ -602,3 +602,61 @@ def test_a_spool_on_another_filesystem_is_copied_then_published(tmp_path):
             assert not spooled.exists()
             assert backend.get(f"layers/sha256/x{int(overwrite)}") == b"from elsewhere"
     assert list(backend.leftovers()) == []
+
+
+# -- permissions (as an unprivileged user: root reads everything) ---------------------------
+@pytest.fixture
+def world_readable_dir():
+    """A directory in /tmp that user nobody can enter (pytest's own are 0700), holding a
+    copy of the package, since the checkout may sit where nobody cannot read."""
+    import shutil
+    import tempfile
+
+    from conftest import ROOT
+
+    top = tempfile.mkdtemp(prefix="dogestry-perm.", dir="/tmp")
+    try:
+        os.chmod(top, 0o755)
+        shutil.copytree(os.path.join(ROOT, "dogestry"), os.path.join(top, "dogestry"),
+                        ignore=shutil.ignore_patterns("__pycache__"))
+        yield top
+    finally:
+        shutil.rmtree(top)
+
+
+def as_nobody(top, *args):
+    """bin/dogestry's main as user nobody, with Debian's python3 and the copied package."""
+    code = "import sys; from dogestry.cli import main; sys.exit(main(sys.argv[1:]))"
+    return subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                           "/usr/bin/python3", "-c", code, *args], capture_output=True, text=True, timeout=60,
+                          cwd=top, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": top, "HOME": top})
+
+
+def test_an_unreadable_directory_is_permission_denied_not_missing(world_readable_dir, engine_named, unique):
+    d20 = engine_named("d20")
+    repo = os.path.join(world_readable_dir, "repo")
+    image = f"{unique}:1"
+    image_id = d20.import_base(image)
+    try:
+        dogestry("push", repo, image, env=d20.env())
+        for root, dirs, files in os.walk(repo):
+            os.chmod(root, 0o755)
+            for name in files:
+                os.chmod(os.path.join(root, name), 0o644)
+        assert as_nobody(world_readable_dir, "show-ref", repo).returncode == 0  # readable: works
+        os.chmod(os.path.join(repo, "images"), 0o700)
+        for args in (("update-ref", repo, f"{unique}:9", image_id[7:19]), ("list", repo), ("verify", repo)):
+            proc = as_nobody(world_readable_dir, *args)
+            assert proc.returncode == 1, (args, proc.stderr)
+            assert "permission denied" in proc.stderr and "not found" not in proc.stderr, (args, proc.stderr)
+            assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    finally:
+        d20.cleanup()
+
+
+def test_a_file_url_without_a_path_is_a_usage_error(tmp_path):
+    for url in ("file://", "file://localhost"):
+        proc = subprocess.run([sys.executable, BIN, "push", url, "some:1"], capture_output=True, text=True,
+                              cwd=str(tmp_path), timeout=60)
+        assert proc.returncode == 2 and "names no path" in proc.stderr, proc.stderr
+        assert os.listdir(tmp_path) == []  # nothing written into the current directory

@@ -49,6 +49,8 @@ def _path_of(url):
         parts = urlsplit(url)
         if parts.netloc not in ("", "localhost"):
             raise UsageError(f"file URL {url!r} names host {parts.netloc!r}; use file:///absolute/path")
+        if not parts.path:  # file:// alone would be the current directory: never guess a place to write
+            raise UsageError(f"file URL {url!r} names no path; use file:///absolute/path")
         return unquote(parts.path)
     return url
 
@@ -543,8 +545,8 @@ class LocalBackend(Backend):
         try:
             with os.scandir(dir_fd) as it:
                 entries = sorted(it, key=lambda e: e.name)
-        except OSError:
-            return
+        except OSError as err:
+            raise self._read_error(err, rel or "the repository") from None
         files = [e.name for e in entries if e.is_file(follow_symlinks=False)]
         links = [e.name for e in entries if e.is_symlink()]
         yield dir_fd, rel, files, links
@@ -553,8 +555,11 @@ class LocalBackend(Backend):
                 continue
             try:
                 sub = os.open(entry.name, _DIR_FLAGS, dir_fd=dir_fd)
-            except OSError:
-                continue  # replaced or unreadable since the scan
+            except OSError as err:
+                if err.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+                    continue  # removed, or replaced by a file or a link, since the scan
+                # A directory we may not read would hide its keys: say so, never "not found".
+                raise self._read_error(err, f"{rel}{entry.name}/") from None
             try:
                 yield from self._tree(sub, f"{rel}{entry.name}/")
             finally:
@@ -586,8 +591,10 @@ class LocalBackend(Backend):
                     os.close(parent_fd)
             else:
                 base = self._open_root(create=False)
-        except (OSError, _LinkOut):
-            return  # nothing (or nothing we may read) under prefix
+        except (FileNotFoundError, NotADirectoryError, _LinkOut):
+            return  # nothing under prefix
+        except OSError as err:  # unreadable is not empty: "not found" would mislead
+            raise self._read_error(err, prefix or "the repository") from None
         try:
             for _dir_fd, sub, files, links in self._tree(base, f"{rel}/" if rel else ""):
                 for name in sorted(files + links):
