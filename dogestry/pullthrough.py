@@ -12,7 +12,7 @@ pull, push and resolve consult those aliases. transfer.py calls in here and re-e
 these names; nothing here imports transfer.
 """
 
-from .digests import hex_of
+from .digests import from_hex, hex_of
 from .dockertar import load_tar_chunks
 from .errors import DogestryError, NotFound
 from .refs import looks_like_id
@@ -233,11 +233,22 @@ def aliased_remote_copy(repo, found):
 
 def aliased_engine_copy(engine, repo, image):
     """On the containerd store: the engine's id for an image it holds under another
-    manifest (built there, then pushed: the repository keeps that alias), or None."""
+    manifest (built there, then pushed: the repository keeps that alias), or None.
+
+    Only engine ids the repository has an alias for, and the engine lists, are inspected:
+    one listing of the aliases (nothing more when there are none) and one of the engine's
+    images. Inspecting every engine image for these layers cost a round trip per image on
+    every pull of an image the engine lacked (63 ms with 4 images; seconds with 1,000)."""
     if not engine.uses_containerd_store():
         return None
-    for engine_id in engine.images_with_layers(image.diff_ids):
-        if repo.find_alias(engine_id) == image.id:
+    from .repo import ALIASES_PREFIX
+
+    aliased = {from_hex(key[len(ALIASES_PREFIX):]) for key in repo.backend.list(ALIASES_PREFIX)} - {None}
+    if not aliased:
+        return None
+    for engine_id in sorted(aliased.intersection(engine.image_ids())):
+        found = engine.inspect(engine_id)
+        if found is not None and found.diff_ids == image.diff_ids and repo.find_alias(engine_id) == image.id:
             return engine_id
     return None
 
