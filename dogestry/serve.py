@@ -289,7 +289,9 @@ class LayerCache:
             with out:
                 for chunk in self.repo.layer_chunks(layer):
                     try:
-                        out.write(chunk)
+                        view = memoryview(chunk)
+                        while view:  # an unbuffered write may take less than it is given
+                            view = view[out.write(view):]
                     except OSError as err:
                         with self._lock:
                             self._break(f"cannot write the layer cache in {self.dir}: {err.strerror or err}")
@@ -627,7 +629,6 @@ class _Handler(BaseHTTPRequestHandler):
             chunks.close()
         if self._sent != end + 1 - start:
             raise CorruptObject(f"layer {layer.diff_id} gave {self._sent} of {end + 1 - start} bytes")
-
 
     def _send_cached(self, layer, fill, cached, status, headers, start, end):
         pieces = follow(fill, start, end + 1)
