@@ -485,6 +485,46 @@ def test_the_layer_cache_stays_within_its_bound(tmp_path):
     assert not os.path.exists(cache.dir) and warnings == []
 
 
+
+def test_a_full_cache_disk_cuts_off_that_layer_and_later_ones_stream(tmp_path):
+    """A small tmpfs as the temp dir, filled up by someone else after the server started:
+    the layer being written is cut off for its client, the server warns once and streams
+    every layer from the repository from then on."""
+    from dogestry.backends import open_backend
+    from dogestry.repo import Repository
+    from dogestry.serve import LayerCache, Server
+
+    repo_path = make_repo(tmp_path, {"app:1": [{"a.bin": 3 << 20}]})
+    layer = repo_image(repo_path, "app:1")[0].layers[0]
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(small)], check=True)
+    try:
+        warnings = []
+        repo = Repository(open_backend(repo_path))
+        cache = LayerCache.create(repo, str(small), warnings.append)
+        assert cache.limit >= layer.uncompressed_size   # it fits, as far as the server knows
+        with open(small / "filler", "wb") as f:       # ... until the disk fills up
+            f.write(b"\0" * (7 << 20))
+        server = Server(repo, cache=cache, warn=warnings.append)
+        port = server.start()
+        try:
+            path = f"/v2/app/blobs/{layer.diff_id}"
+            ((status, length, body, complete),) = _get_all(port, path, 1)
+            assert status == 200 and length == layer.uncompressed_size and not complete
+            for _ in range(2):
+                ((status, _, body, complete),) = _get_all(port, path, 1)
+                assert status == 200 and complete and sha256(body) == layer.diff_id
+        finally:
+            server.stop()
+        # The failed request, and once that the cache is given up.
+        given_up = [w for w in warnings if w.endswith("layers are streamed from the repository from now on")]
+        assert len(warnings) == 2 and len(given_up) == 1, warnings
+        assert all("No space left on device" in w for w in warnings)
+    finally:
+        subprocess.run(["umount", str(small)], check=True)
+
+
 # -- the command ---------------------------------------------------------------------------
 def test_sigterm_stops_it_cleanly_and_listen_is_checked(small_repo, tmp_path):
     srv = start_serving(small_repo, tmp_path)
