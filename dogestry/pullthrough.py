@@ -157,7 +157,9 @@ def pull_through_server(ctx, repo, plan):
             if found is None or found.diff_ids != image.diff_ids:
                 raise DogestryError(f"the engine pulled image {image.id} from the loopback registry with other "
                                     "layers than the repository records")
-            if not completed and not engine.lists(pulled):
+            # An image hides from `docker images` only when the unpacker skipped a layer's
+            # content; with every layer sent there is nothing to ask (a round trip saved).
+            if not completed and not set(image.diff_ids) <= set(view.served) and not engine.lists(pulled):
                 view.served += complete_pulled(ctx, repo, image, set(view.served))
             for tag in image.tags:
                 engine.tag(found.id, tag)
