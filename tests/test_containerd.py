@@ -1,4 +1,4 @@
-"""The containerd image store as a first-class engine (d26c): pulls through a loopback
+"""The containerd image store as a first-class engine (d26c and d28c): pulls through a loopback
 registry that read only the layers the engine lacks, engine ids recorded as aliases, and
 images whose layers came from elsewhere; plus what every engine must do alike (images
 with no layers, records that name the image asked for)."""
@@ -41,9 +41,14 @@ def _layer_reads(backend):
     return sorted(k.rsplit("/", 1)[-1] for k in backend.opened if k.startswith("layers/") and not k.endswith(".json"))
 
 
+# Both containerd-store engines: Docker 26 (containerd 1.7) and Docker 28.5 (containerd 2.1).
+STORES = ["d26c", "d28c"]
+
+
+@pytest.mark.parametrize("store", STORES)
 @pytest.mark.parametrize("where", ["local", "seaweed"])
-def test_incremental_pull_reads_only_the_new_layer(engine_named, unique, tmp_path, where, request):
-    eng = engine_named("d26c")
+def test_incremental_pull_reads_only_the_new_layer(engine_named, unique, tmp_path, where, store, request):
+    eng = engine_named(store)
     eng.import_base(f"t{unique}/base:1")
     eng.build(f"t{unique}/app:1", f"t{unique}/base:1", {"a.txt": "one\n"}, run="true")
     eng.build(f"t{unique}/app:2", f"t{unique}/app:1", {"b.txt": "two\n"}, run="true")
@@ -77,8 +82,9 @@ def test_incremental_pull_reads_only_the_new_layer(engine_named, unique, tmp_pat
     assert eng.run(f"t{unique}/app:2", "cat", "/a.txt", "/b.txt") == "one\ntwo\n"
 
 
-def test_an_image_built_here_is_known_by_its_engine_id(engine_named, unique, tmp_path):
-    eng = engine_named("d26c")
+@pytest.mark.parametrize("store", STORES)
+def test_an_image_built_here_is_known_by_its_engine_id(engine_named, unique, tmp_path, store):
+    eng = engine_named(store)
     repo = str(tmp_path / "repo")
     eng.import_base(f"t{unique}/base:1")
     engine_id = eng.build(f"t{unique}/app:1", f"t{unique}/base:1", {"hello.txt": "built here\n"})
@@ -108,12 +114,13 @@ def test_an_image_built_here_is_known_by_its_engine_id(engine_named, unique, tmp
     assert out.returncode == 1 and "not found" in out.stderr.decode()
 
 
-def test_pull_completes_an_image_whose_layers_came_from_elsewhere(engine_named, unique, tmp_path):
+@pytest.mark.parametrize("store", STORES)
+def test_pull_completes_an_image_whose_layers_came_from_elsewhere(engine_named, unique, tmp_path, store):
     """The unpacker skips the base layers (their snapshots exist, from a local build), whose
     content the engine keeps only gzip-compressed: without completion the image is hidden
     and exports only its manifest (moby/moby#49473); a push of it to a new remote must
     still give a whole, pullable image."""
-    eng, other = engine_named("d26c"), engine_named("d20")
+    eng, other = engine_named(store), engine_named("d20")
     first, second = str(tmp_path / "first"), str(tmp_path / "second")
     eng.import_base(f"t{unique}/base:1")
     eng.build(f"t{unique}/app:1", f"t{unique}/base:1", {"a.txt": "one\n"}, run="true")

@@ -18,7 +18,7 @@ LAYERS = [
     ("pipeline", 0), ("progress", 0), ("durations", 0),
     ("backends", 1),
     ("image", 2), ("layerstore", 2), ("repo", 2), ("engine", 2), ("dockertar", 2),
-    ("transfer", 3), ("fleet", 3), ("sharing", 3), ("context", 3), ("serve", 3), ("operations", 3),
+    ("transfer", 3), ("pullthrough", 3), ("fleet", 3), ("sharing", 3), ("context", 3), ("serve", 3), ("operations", 3),
     ("completion", 4),
     ("commands", 5),
     ("cli", 6),

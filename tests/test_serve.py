@@ -385,6 +385,146 @@ def test_memory_stays_bounded_while_eight_clients_pull_a_large_layer(tmp_path):
     assert peak_kib < 150 * 1024, f"peak RSS {peak_kib} KiB while streaming {8 * size >> 20} MiB"
 
 
+
+def _get_all(port, path, clients):
+    """GET path from `clients` connections at once: [(status, declared length, bytes read, complete?)]."""
+    results = []
+
+    def get():
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        try:
+            conn.request("GET", path)
+            response = conn.getresponse()
+            length = int(response.headers.get("Content-Length", -1))
+            try:
+                body, complete = response.read(), True
+            except http.client.IncompleteRead as cut:
+                body, complete = cut.partial, False
+            results.append((response.status, length, body, complete))
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=get) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results
+
+
+@pytest.mark.parametrize("codec_lz4", [True, False], ids=["lz4", "none"])
+def test_clients_sharing_a_cached_layer_are_all_cut_off_when_it_fails(tmp_path, codec_lz4):
+    """The layer cache's fill is shared by every client of the layer: a damaged layer (a
+    codec-none one too: stored bytes that are the tar itself) reaches none of them whole,
+    neither those that asked together nor one that asks after."""
+    repo = make_repo(tmp_path, {"bad:1": [{"big.bin": 6 << 20}]}, codec_lz4=codec_lz4)
+    big = repo_image(repo, "bad:1")[0].layers[0]
+    _corrupt_middle(repo, big.diff_id)
+    with serving(repo, tmp_path) as srv:
+        for round_ in (_get_all(srv.port, f"/v2/bad/blobs/{big.diff_id}", 4),
+                       _get_all(srv.port, f"/v2/bad/blobs/{big.diff_id}", 1)):
+            for status, length, body, complete in round_:
+                assert status == 200 and length == big.uncompressed_size
+                assert not complete and len(body) < big.uncompressed_size
+        assert srv.request("GET", "/v2/")[0] == 200
+        log = srv.log()
+    assert log.count(f"layer {big.diff_id}") >= 2 and "corrupt" in log
+
+
+def test_a_layer_is_decoded_once_and_its_cache_is_removed_on_exit(tmp_path):
+    repo = make_repo(tmp_path, {"app:1": [BASE, {"app.bin": 3 << 20}]})
+    record = repo_image(repo, "app:1")[0]
+    layer = record.layers[1]
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    env = dict(os.environ, DOGESTRY_TEMP_DIR=str(temp))
+    srv = start_serving(repo, tmp_path, env=env)
+    try:
+        path = f"/v2/app/blobs/{layer.diff_id}"
+        assert all(sha256(body) == layer.diff_id and complete for _, _, body, complete in _get_all(srv.port, path, 3))
+        (cache,) = temp.iterdir()
+        assert cache.name.startswith("dogestry-serve-") and (cache.stat().st_mode & 0o777) == 0o700
+        assert [f.name for f in cache.iterdir()] == [layer.diff_id[7:]]
+        # Verified once, served from the cache since: the repository's file is no longer read.
+        os.unlink(os.path.join(repo, "layers", "sha256", layer.diff_id[7:]))
+        status, _, body = srv.request("GET", path)
+        assert status == 200 and sha256(body) == layer.diff_id
+        status, headers, body = srv.request("GET", path, {"Range": "bytes=100-199"})
+        assert status == 206 and len(body) == 100 and headers["Content-Range"].startswith("bytes 100-199/")
+    finally:
+        assert srv.stop() == 0, srv.log()
+    assert list(temp.iterdir()) == []
+
+
+def test_the_layer_cache_stays_within_its_bound(tmp_path):
+    """A layer larger than the bound is streamed, uncached; the least recently used layer
+    nobody reads makes room for a new one."""
+    from dogestry.backends import open_backend
+    from dogestry.repo import Repository
+    from dogestry.serve import LayerCache, Server
+
+    repo_path = make_repo(tmp_path, {"app:1": [{"a.bin": 2 << 20}], "app:2": [{"b.bin": 2 << 20}],
+                                     "app:3": [{"c.bin": 5 << 20}]})
+    a, b, c = (repo_image(repo_path, f"app:{n}")[0].layers[0] for n in (1, 2, 3))
+    repo = Repository(open_backend(repo_path))
+    warnings = []
+    cache = LayerCache.create(repo, str(tmp_path), warnings.append, limit=3 << 20)
+    server = Server(repo, cache=cache, warn=warnings.append)
+    port = server.start()
+    try:
+        def fetch(layer):
+            ((status, _, body, complete),) = _get_all(port, f"/v2/app/blobs/{layer.diff_id}", 1)
+            assert status == 200 and complete and sha256(body) == layer.diff_id
+            return sorted(f.name for f in os.scandir(cache.dir))
+
+        assert fetch(a) == [a.diff_id[7:]]
+        assert fetch(b) == [b.diff_id[7:]]   # a evicted: both do not fit in 3 MiB
+        assert fetch(c) == [b.diff_id[7:]]   # c is larger than the bound: streamed
+    finally:
+        server.stop()
+    assert not os.path.exists(cache.dir) and warnings == []
+
+
+
+def test_a_full_cache_disk_cuts_off_that_layer_and_later_ones_stream(tmp_path):
+    """A small tmpfs as the temp dir, filled up by someone else after the server started:
+    the layer being written is cut off for its client, the server warns once and streams
+    every layer from the repository from then on."""
+    from dogestry.backends import open_backend
+    from dogestry.repo import Repository
+    from dogestry.serve import LayerCache, Server
+
+    repo_path = make_repo(tmp_path, {"app:1": [{"a.bin": 3 << 20}]})
+    layer = repo_image(repo_path, "app:1")[0].layers[0]
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(small)], check=True)
+    try:
+        warnings = []
+        repo = Repository(open_backend(repo_path))
+        cache = LayerCache.create(repo, str(small), warnings.append)
+        assert cache.limit >= layer.uncompressed_size   # it fits, as far as the server knows
+        with open(small / "filler", "wb") as f:       # ... until the disk fills up
+            f.write(b"\0" * (7 << 20))
+        server = Server(repo, cache=cache, warn=warnings.append)
+        port = server.start()
+        try:
+            path = f"/v2/app/blobs/{layer.diff_id}"
+            ((status, length, body, complete),) = _get_all(port, path, 1)
+            assert status == 200 and length == layer.uncompressed_size and not complete
+            for _ in range(2):
+                ((status, _, body, complete),) = _get_all(port, path, 1)
+                assert status == 200 and complete and sha256(body) == layer.diff_id
+        finally:
+            server.stop()
+        # The failed request, and once that the cache is given up.
+        given_up = [w for w in warnings if w.endswith("layers are streamed from the repository from now on")]
+        assert len(warnings) == 2 and len(given_up) == 1, warnings
+        assert all("No space left on device" in w for w in warnings)
+    finally:
+        subprocess.run(["umount", str(small)], check=True)
+
+
 # -- the command ---------------------------------------------------------------------------
 def test_sigterm_stops_it_cleanly_and_listen_is_checked(small_repo, tmp_path):
     srv = start_serving(small_repo, tmp_path)
