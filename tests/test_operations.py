@@ -526,3 +526,42 @@ def test_runs_under_one_lockfile_wait_for_each_other_and_time_out_clearly(tmp_pa
     assert run(remote, "verify").returncode == 0
     bad = dogestry("pull", "--lock-timeout", "1s", remote.url, f"t{unique}/app:1", env=remote.env, check=False)
     assert bad.returncode == 2 and "--lock-timeout needs --lockfile" in bad.stderr.decode()
+
+
+def test_gc_and_retention_honour_the_lockfile_on_every_backend(remote, d20, unique, tmp_path):
+    """What dogestry-gc(1) and dogestry-untag(1) say of --lockfile and --lock-timeout, on each
+    backend: a run on a held lock waits, then runs; a timeout is one line naming the holder."""
+    images(d20, unique)
+    app1 = out(run(remote, "push", f"t{unique}/app:1")).split()[0]
+    needed = object_keys(app1, remote)
+    remote.put(ref_key(f"t{unique}/r:old"), b"not an image id\n")  # damaged: untag prints "-" for it
+    for tag in ("a", "b", "c"):
+        time.sleep(1.05 if isinstance(remote, S3Remote) else 0.05)  # S3 keeps whole seconds
+        run(remote, "tag", f"t{unique}/app:1", f"t{unique}/r:{tag}")
+    lock = str(tmp_path / "ops.lock")
+    held = os.open(lock, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(held, fcntl.LOCK_EX)
+    os.write(held, b"4242 ci-runner\n")
+    for args in (["untag", "--keep-last", "1", f"t{unique}/r"], ["gc", "--grace", "0"], ["gc", "-n"]):
+        timed_out = dogestry(args[0], "--lockfile", lock, "--lock-timeout", "1s", remote.url, *args[1:],
+                             env=remote.env, check=False)
+        assert timed_out.returncode == 1, args
+        assert timed_out.stderr.decode() == (f"dogestry: lock file {lock} is still held by another run after 1s "
+                                             "(--lock-timeout): pid 4242 on ci-runner\n"), args
+    assert len(remote.keys(f"repositories/t{unique}/r/")) == 4
+    waiting = subprocess.Popen([sys.executable, BIN, "untag", "--keep-last", "1", "--lockfile", lock, remote.url,
+                                f"t{unique}/r"], env=remote.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    time.sleep(1.5)
+    assert waiting.poll() is None and len(remote.keys(f"repositories/t{unique}/r/")) == 4  # it waits
+    fcntl.flock(held, fcntl.LOCK_UN)
+    os.close(held)
+    stdout, stderr = waiting.communicate(timeout=60)
+    assert waiting.returncode == 0, stderr.decode()
+    assert sorted(stdout.decode().splitlines()) == sorted([f"- t{unique}/r:old", f"{app1} t{unique}/r:a",
+                                                           f"{app1} t{unique}/r:b"])
+    assert remote.keys(f"repositories/t{unique}/r/") == {ref_key(f"t{unique}/r:c")}
+    run(remote, "untag", f"t{unique}/app:1", f"t{unique}/r:c")
+    report = out(run(remote, "gc", "--grace", "0", "--lockfile", lock, "--lock-timeout", "5s"))
+    assert report.startswith(f"removed {len(needed)} object(s)"), report
+    assert not remote.keys("images/") and not remote.keys("leases/")
+
