@@ -11,11 +11,19 @@ The gc protocol (dogestry-repository(5) is the normative text):
   - an object is kept when a ref or an unexpired share index reaches it, when it is younger
     than the grace period, or when it was written since (the start of the oldest live lease
     minus LEASE_SLACK); a lease is live while its last write is younger than LEASE_TIMEOUT;
-  - refs and leases are read again after the candidates are chosen;
+  - refs are read again after the candidates are chosen, and leases right before each
+    delete batch; gc holds (and renews) a lease of its own throughout, and stops when it
+    could not renew it for LEASE_TIMEOUT/2;
   - deletes run in the reverse of publish order: image records, configs, layer
     descriptors, layer data, so an interrupted gc never leaves a record without a layer;
-  - a push checks that every object of its images is present before it writes a ref, and
-    stores again what a concurrent gc removed (an object the push found and reused).
+  - before it writes a ref a push (or tag) names the image in its lease, waits for every
+    gc whose lease is already there to end, then checks that every object of the image is
+    present, storing again what a gc removed; it keeps its lease until the ref is written.
+    gc keeps what the images named in live leases need. Either gc read the lease after
+    the naming (it keeps the image), or its lease was there before the push looked (the
+    push waits for it to end, then checks): with a store that reads its own writes (a
+    directory, S3), no gc deletes between the check and the ref. What remains is a
+    process stopped longer than LEASE_TIMEOUT between two steps (dogestry-repository(5)).
 Why "younger than the oldest live lease" and not "no gc while any lease is live": a
 repository pushed to all day would never be collected; the lease only has to cover what
 the running pushes write, and that is all written after their lease began.
@@ -106,11 +114,17 @@ def list_tags(repo, patterns=()):
 
 # -- tag and untag ------------------------------------------------------------------
 
-def tag(repo, source, target):
-    """Point the ref `target` at the image `source` names; no data moves. Returns (image_id, Ref)."""
+def tag(repo, source, target, ctx=None):
+    """Point the ref `target` at the image `source` names; no data moves. Returns (image_id, Ref).
+
+    Like a push it names the image in a lease and lets a running gc finish before it checks
+    the image and writes the ref (before_refs), so a gc cannot remove an unreferenced image
+    between that check and the new ref."""
     image_id, _ = repo.resolve(source)
     ref = parse_ref(target)
-    repo.set_ref(ref, image_id)
+    with pending_lease(repo, "tag") as held:
+        before_refs(ctx, repo, held, [(image_id, ref)])
+        repo.set_ref(ref, image_id)  # refuses an image that is not whole
     return image_id, ref
 
 
@@ -156,8 +170,12 @@ def retention(repo, keep_last, patterns, dry_run=False):
 class Lease:
     """leases/<random>.json, rewritten every LEASE_RENEW seconds by a thread until released.
 
-    The record says who holds it (host, pid, what) and, from its first rewrite on, `since`:
-    the storage's time of its first write, so a rewrite does not move the start gc counts from.
+    The record says who holds it (host, pid, what), from its first rewrite on `since` (the
+    storage's time of its first write, so a rewrite does not move the start gc counts from),
+    and once the writer knows them `images`: the images it is about to point refs at (see
+    before_refs). `renewed` is this host's monotonic time just before the last write that
+    succeeded: the storage stamped it later, so others see the lease live at least until
+    renewed + LEASE_TIMEOUT.
     """
 
     def __init__(self, repo, what):
@@ -165,12 +183,33 @@ class Lease:
         self.name = f"{what}-{uuid.uuid4().hex}"
         self.key = lease_key(self.name)
         self.since = None
+        self.images = None
+        self.renewed = None
         self._stop = threading.Event()
         self._thread = None
+        self._write_lock = threading.Lock()
+
+    @property
+    def acquired(self):
+        return self._thread is not None
 
     def _record(self):
-        return (json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "what": self.what,
-                            "since": self.since, "written": time.time()}, sort_keys=True) + "\n").encode()
+        record = {"host": socket.gethostname(), "pid": os.getpid(), "boot": _boot_id(), "what": self.what,
+                  "since": self.since, "written": time.time()}
+        if self.images is not None:
+            record["images"] = self.images
+        return (json.dumps(record, sort_keys=True) + "\n").encode()
+
+    def write(self):
+        """Write the record now (the renewal thread's write, or an announcement's)."""
+        with self._write_lock:
+            started = time.monotonic()
+            self.repo.put_lease(self.name, self._record())
+            self.renewed = started
+
+    def fresh(self, limit):
+        """True when the last successful write began less than `limit` seconds ago."""
+        return self.renewed is not None and time.monotonic() - self.renewed < limit
 
     def write_time(self):
         """The storage's time of this lease's last write (its clock, not this host's)."""
@@ -180,43 +219,161 @@ class Lease:
         raise DogestryError(f"lease {self.key} vanished from {self.repo.location} right after it was written")
 
     def acquire(self):
-        self.repo.put_lease(self.name, self._record())
-        self._thread = threading.Thread(target=self._renew, name="dogestry-lease", daemon=True)
-        self._thread.start()
+        if self._thread is None:
+            self.write()
+            self._thread = threading.Thread(target=self._renew, name="dogestry-lease", daemon=True)
+            self._thread.start()
         return self
+
+    def announce(self, image_ids):
+        """Name in the lease the images whose refs the writer is about to write: from this
+        write on, a gc that reads the lease keeps everything those images need."""
+        self.images = sorted(set(image_ids))
+        if self.acquired:
+            self.write()
+        else:
+            self.acquire()
 
     def _renew(self):
         while not self._stop.wait(LEASE_RENEW):
             try:
                 if self.since is None:
                     self.since = self.write_time()
-                self.repo.put_lease(self.name, self._record())
+                self.write()
             except DogestryError:
                 pass  # the next round tries again; gc only drops a lease after LEASE_TIMEOUT
 
     def release(self):
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
+        if self._thread is None:
+            return  # never written
+        self._thread.join()
         try:
             self.repo.delete_key(self.key)
         except DogestryError:
             pass  # it expires by itself after LEASE_TIMEOUT, and gc removes it
 
 
+def _boot_id():
+    """This machine's boot and pid namespace: with the host name, what tells that a lease's pid
+    is a process this host can see (a container may share the host name, not the namespace)."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            boot = f.read().strip()
+        return f"{boot}/{os.readlink('/proc/self/ns/pid')}"
+    except OSError:
+        return None
+
+
+def _dead_here(record):
+    """True when the lease record's writer ran in this very pid namespace and is gone."""
+    if not isinstance(record, dict) or record.get("host") != socket.gethostname():
+        return False
+    boot, pid = _boot_id(), record.get("pid")
+    if boot is None or record.get("boot") != boot or not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        pass  # alive, another user's
+    return False
+
+
 @contextmanager
 def lease(repo, what="push"):
-    """Hold a lease on repo for the block; nested uses on one Repository share the outer one."""
+    """Hold a lease on repo for the block; nested uses on one Repository share the outer
+    one (and write it, when the outer one is still pending)."""
+    outer = getattr(repo, "_dogestry_lease", None)
+    if outer is not None:
+        yield outer.acquire()
+        return
+    with pending_lease(repo, what) as held:
+        yield held.acquire()
+
+
+@contextmanager
+def pending_lease(repo, what="push"):
+    """A lease written only when first needed (an inner lease(), or before_refs), released
+    at the end of the block: a push that writes nothing writes no lease either."""
     if getattr(repo, "_dogestry_lease", None) is not None:
         yield repo._dogestry_lease
         return
-    held = Lease(repo, what).acquire()
+    held = Lease(repo, what)
     repo._dogestry_lease = held
     try:
         yield held
     finally:
         repo._dogestry_lease = None
         held.release()
+
+
+GC_POLL = 1.0  # seconds between looks at a running gc's lease, while a push waits for it
+
+
+def before_refs(ctx, repo, held, results):
+    """The last step of a push (or tag) before it writes refs: the image ids among
+    [(image_id, Ref or None)] whose objects are not all present (store those again).
+
+    When a ref is about to change, this closes the race with a gc deleting after the check
+    but before the ref is written (dogestry-repository(5)): the images are first named in
+    our lease; then we wait for every gc whose lease is already there (it may have read
+    the leases before ours named them) to finish; only then are the objects checked. A gc
+    that starts later reads our lease after its own is written, hence after the naming,
+    and keeps what the images need until our lease ends, after the refs are written.
+    """
+    changing = held.acquired or any(ref is not None and repo.find_ref(ref) != image_id
+                                    for image_id, ref in results)
+    if changing:
+        while True:
+            held.announce([image_id for image_id, _ in results])
+            _wait_for_running_gcs(ctx, repo, held)
+            if held.fresh(LEASE_TIMEOUT / 2):
+                break
+            # The lease thread failed to renew while we waited: a gc may now think us dead.
+            _detail(ctx, f"lease {held.key} was not renewed for a while; announcing the images again")
+    return incomplete(repo, results)
+
+
+def _wait_for_running_gcs(ctx, repo, held):
+    """Return once every gc lease present now has gone (finished), expired or is known dead."""
+    waiting, told, records = None, set(), {}
+    while True:
+        infos = repo.lease_infos()
+        now = next((i.mtime for i in infos if i.key == held.key and i.mtime is not None), None)
+        if now is None:
+            held.write()  # removed under us (a gc judged it stale): write it again
+            continue
+        running = set()
+        for info in infos:
+            if not _is_gc_lease(info.key) or info.mtime is None or now - info.mtime >= LEASE_TIMEOUT:
+                continue
+            if info.key not in records:
+                try:
+                    records[info.key] = json.loads(repo.get_small(info.key))
+                except (NotFound, ValueError, DogestryError):
+                    records[info.key] = None
+            if not _dead_here(records[info.key]):
+                running.add(info.key)
+        waiting = running if waiting is None else waiting & running
+        if not waiting:
+            return
+        for key in sorted(waiting - told):
+            record = records.get(key) if isinstance(records.get(key), dict) else {}
+            _detail(ctx, f"waiting for the gc holding {key} ({record.get('host', '?')} pid {record.get('pid', '?')}) "
+                       "to finish before writing refs")
+            told.add(key)
+        time.sleep(GC_POLL)
+
+
+def _detail(ctx, text):
+    if ctx is not None:
+        ctx.detail(text)
+
+
+def _is_gc_lease(key):
+    return key.startswith(lease_key("gc-")[:-len(".json")])
 
 
 def incomplete(repo, results):
@@ -243,25 +400,29 @@ def incomplete(repo, results):
 
 
 def _live_leases(repo, now):
-    """[(key, since)] of the writers' leases written within LEASE_TIMEOUT of now; and the stale keys.
+    """[(key, since, images)] of the writers' leases written within LEASE_TIMEOUT of now, and
+    {key: mtime} of the stale ones. `images`: the image ids the writer announced (a tuple).
 
     A gc's own lease only tells it the storage's time: it writes no objects, so it protects none.
     """
-    live, stale = [], []
+    live, stale = [], {}
     for info in repo.lease_infos():
         if info.mtime is None or now - info.mtime >= LEASE_TIMEOUT:
-            stale.append(info.key)
+            stale[info.key] = info.mtime
             continue
-        if info.key.startswith(lease_key("gc-")[:-len(".json")]):
+        if _is_gc_lease(info.key):
             continue
-        since = info.mtime
+        since, images = info.mtime, ()
         try:
-            recorded = json.loads(repo.get_small(info.key)).get("since")
+            record = json.loads(repo.get_small(info.key))
+            recorded = record.get("since")
             if isinstance(recorded, (int, float)) and not isinstance(recorded, bool):
                 since = min(since, recorded)
+            if isinstance(record.get("images"), list):
+                images = tuple(i for i in record["images"] if isinstance(i, str))
         except (NotFound, ValueError, AttributeError, DogestryError):
             pass  # gone, or being rewritten: its last write is a start late enough
-        live.append((info.key, since))
+        live.append((info.key, since, images))
     return live, stale
 
 
@@ -311,8 +472,9 @@ class _Reach:
             raise DogestryError(f"gc cannot tell what image {image_id} needs ({err}); "
                                 "run 'dogestry verify' and repair or untag it first") from None
 
-    def keys_of(self, image_ids, strict=True):
-        new = [i for i in dict.fromkeys(image_ids) if i not in self.images]
+    def keys_of(self, image_ids, strict=True, reread_missing=False):
+        new = [i for i in dict.fromkeys(image_ids)
+               if i not in self.images or (reread_missing and self.images[i] is None)]
         for image_id, image in zip(new, _map(lambda i: self._image(i, strict), new)):
             self.images[image_id] = image
         keys = set()
@@ -337,7 +499,7 @@ class _Reach:
 
 def _protected(infos, now, grace, leases):
     """Keys an age rule keeps: younger than grace, or written since the oldest live lease began."""
-    oldest = min((since for _, since in leases), default=None)
+    oldest = min((since for _, since, _ in leases), default=None)
     young, leased = set(), set()
     for key, info in infos.items():
         if info.mtime is None or now - info.mtime < grace:
@@ -345,6 +507,11 @@ def _protected(infos, now, grace, leases):
         elif oldest is not None and info.mtime >= oldest - LEASE_SLACK:
             leased.add(key)
     return young, leased
+
+
+def _announced(reach, leases):
+    """Every key the images named in live leases need (a push about to write their refs)."""
+    return reach.keys_of([i for _, _, images in leases for i in images], strict=False, reread_missing=True)
 
 
 def _pairs(keys):
@@ -370,8 +537,9 @@ def gc(ctx, repo, grace, dry_run=False, parallel=8):
     if dry_run:
         now = time.time()  # a dry run writes nothing, so it reads this host's clock
     else:
-        own = Lease(repo, "gc")
-        repo.put_lease(own.name, own._record())
+        # Written first and renewed throughout: a push that sees it waits for this gc to end
+        # before its final check (before_refs); it also gives the storage's time.
+        own = Lease(repo, "gc").acquire()
         now = own.write_time()
     try:
         infos = {info.key: (kind, info) for kind, _, info in repo.object_infos()}
@@ -383,18 +551,25 @@ def gc(ctx, repo, grace, dry_run=False, parallel=8):
         report.kept_young, report.kept_leased = len(young - rooted), len(leased - rooted)
         # What a kept image record needs stays too, or keeping the record would be pointless.
         kept_records = [object_of_key(k)[1] for k in young | leased if infos[k][0] == "image"]
-        keep = rooted | young | leased | reach.keys_of(kept_records, strict=False)
+        keep = rooted | young | leased | reach.keys_of(kept_records, strict=False) | _announced(reach, leases)
         candidates = set(objects) - _pairs(keep)
-        # A ref or a push may have appeared while the candidates were chosen: read both again.
-        keep2 = reach.of_refs()
-        leases2, _ = _live_leases(repo, now)
-        if leases2 != leases:
-            _, leased2 = _protected({k: objects[k] for k in candidates}, now, grace, leases2)
-            keep2 |= leased2
-        candidates -= _pairs(keep2)
+        # A ref written meanwhile by a writer without a lease (update-ref) keeps its objects.
+        candidates -= _pairs(reach.of_refs())
         for kind in DELETE_ORDER:
+            # Right before each batch: a push may have started, or announced the images it is
+            # about to point refs at, since the last look (the protocol needs one look after
+            # our lease was written; each batch looking again costs one listing).
+            leases_now, _ = _live_leases(repo, now)
+            if leases_now != leases:
+                leases = leases_now
+                _, leased_now = _protected({k: objects[k] for k in candidates}, now, grace, leases)
+                held = leased_now | _announced(reach, leases)
+                report.kept_leased += len(held & candidates)
+                candidates -= _pairs(held)
             batch = sorted(k for k in candidates if infos[k][0] == kind)
             if not dry_run:
+                _fence(own, kind)
+
                 def remove(key):
                     repo.delete_key(key)
                     ctx.detail(f"removed {key} ({objects[key].size} bytes)")
@@ -405,14 +580,25 @@ def gc(ctx, repo, grace, dry_run=False, parallel=8):
             report.removed += batch
             report.bytes += sum(objects[k].size for k in batch)
         if not dry_run:
-            for key in stale:
+            # Only a lease not rewritten since it was judged stale: a writer that was slow,
+            # not dead, has rewritten it meanwhile and keeps it.
+            still = {info.key: info.mtime for info in repo.lease_infos()}
+            for key in sorted(k for k, mtime in stale.items() if k in still and still[k] == mtime):
                 repo.delete_key(key)
                 ctx.detail(f"removed stale lease {key}")
-            report.leases_removed = len(stale)
+                report.leases_removed += 1
     finally:
         if own is not None:
             own.release()
     return report
+
+
+def _fence(own, kind):
+    """Stop before deleting when our lease may look dead to a push (renewals failed for half
+    the timeout): that push would no longer wait for us before its final check."""
+    if not own.fresh(LEASE_TIMEOUT / 2):
+        raise DogestryError(f"gc stopped before deleting {kind} objects: its lease {own.key} in "
+                            f"{own.repo.location} could not be renewed for {LEASE_TIMEOUT // 2}s; run gc again")
 
 
 # -- verify -------------------------------------------------------------------------
@@ -633,4 +819,5 @@ def _holder(fd):
     return f": pid {text[0]} on {text[1]}" if len(text) >= 2 else ""
 
 
-__all__ = ["list_tags", "tag", "untag", "retention", "lease", "incomplete", "gc", "verify", "lockfile", "Lease"]
+__all__ = ["list_tags", "tag", "untag", "retention", "lease", "pending_lease", "before_refs", "incomplete", "gc",
+           "verify", "lockfile", "Lease"]

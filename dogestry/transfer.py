@@ -22,7 +22,7 @@ from .digests import chain_ids, of_hash
 from .dockertar import NotATar, load_tar_chunks, read_save_stream
 from .errors import DogestryError, NotFound, UsageError
 from .image import Image
-from .operations import incomplete, lease
+from .operations import before_refs, lease, pending_lease
 from .pipeline import Stage
 # The containerd store's part lives in pullthrough.py (fleet.py imports pull_through_server from here).
 from .pullthrough import (aliased_engine_copy, aliased_remote_copy, export_checked, pull_through_server,
@@ -298,17 +298,20 @@ def push(ctx, repo, names, counts=None):
 
     Before any ref is written every object of the images is checked once more: a gc beside
     us may have removed one we found present and reused (our lease covers only what we
-    wrote); such an image is stored again."""
-    results = save_images(ctx, repo, names, counts)
-    for attempt in range(3):
-        gone = incomplete(repo, results)
-        if not gone:
-            break
-        if attempt == 2:
-            raise DogestryError(f"objects of image {gone[0]} keep vanishing from {repo.location} (a gc?); push again")
-        ctx.detail(f"objects of image {gone[0]} vanished from {repo.location} during the push; storing it again")
+    wrote); such an image is stored again. The lease is held until the refs are written
+    (operations.before_refs has the protocol)."""
+    with pending_lease(repo) as held:  # one lease, from the first object until the refs are written
         results = save_images(ctx, repo, names, counts)
-    set_refs(ctx, repo, results)
+        for attempt in range(3):
+            gone = before_refs(ctx, repo, held, results)  # names the images in the lease, lets a gc end
+            if not gone:
+                break
+            if attempt == 2:
+                raise DogestryError(f"objects of image {gone[0]} keep vanishing from {repo.location} (a gc?); "
+                                    "push again")
+            ctx.detail(f"objects of image {gone[0]} vanished from {repo.location} during the push; storing it again")
+            results = save_images(ctx, repo, names, counts)
+        set_refs(ctx, repo, results)
     return results
 
 

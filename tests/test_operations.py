@@ -1,8 +1,9 @@
 """Operating a repository over time: list, tag, untag and retention, gc, verify, lockfiles.
 
 Real engine (d20), real storage: a local directory and SeaweedFS (strict like AWS). The
-concurrency tests put a proxy between dogestry and SeaweedFS that holds one request until
-the test has done what it must do at that exact point (run a gc, kill -9 a gc).
+concurrency tests run dogestry under a pause point (PAUSER below: the real CLI, its real
+backend, with one storage operation held until the test has done what it must do at that
+exact point: run a gc, run a push, kill -9 a gc), on every backend alike.
 """
 
 import fcntl
@@ -11,7 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from conftest import BIN, S3_BUCKET, S3Server, dogestry
-from faultproxy import Fault, FaultProxy
+from dogestry.operations import LEASE_SLACK
 
 
 @pytest.fixture
@@ -88,11 +88,6 @@ def remote(request, tmp_path, d20):
     return S3Remote(S3Server("seaweed"), d20)
 
 
-@pytest.fixture
-def s3remote(d20):
-    return S3Remote(S3Server("seaweed"), d20)
-
-
 def run(remote, *args, check=True, url=None):
     """dogestry COMMAND [url] ARGS: the remote's URL goes right after the command word."""
     return dogestry(args[0], url or remote.url, *args[1:], env=remote.env, check=check)
@@ -121,6 +116,72 @@ def object_keys(image_id, remote):
 def ref_key(name_tag):
     name, tag = name_tag.rsplit(":", 1)
     return f"repositories/{name}/_tags/{tag}"
+
+
+# The real CLI with one backend method held at its Nth call on a key matching a glob: it
+# creates DIR/reached, then waits for DIR/release (or a kill). The pausing call holds a
+# lock that every other call of that method takes, so parallel deletes wait behind it, as
+# they would behind one stalled request. PAUSE_AT is METHOD:GLOB:N (put, delete, ...).
+PAUSER = r"""
+import fnmatch, os, sys, threading, time
+sys.path.insert(0, sys.argv[1])
+from dogestry.backends.local import LocalBackend
+from dogestry.backends.s3 import S3Backend
+method, glob, n = os.environ["PAUSE_AT"].rsplit(":", 2)
+flags, lock, seen = os.environ["PAUSE_DIR"], threading.Lock(), [0]
+
+def pausing(real):
+    def call(self, key, *args, **kwargs):
+        with lock:
+            if fnmatch.fnmatchcase(key, glob):
+                seen[0] += 1
+                if seen[0] == int(n):
+                    open(os.path.join(flags, "reached"), "w").close()
+                    deadline = time.monotonic() + 120
+                    while not os.path.exists(os.path.join(flags, "release")) and time.monotonic() < deadline:
+                        time.sleep(0.02)
+        return real(self, key, *args, **kwargs)
+    return call
+
+for cls in (LocalBackend, S3Backend):
+    setattr(cls, method, pausing(getattr(cls, method)))
+from dogestry.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+class Paused:
+    """`dogestry COMMAND REMOTE ARGS...` in another process, held at PAUSE_AT."""
+
+    def __init__(self, remote, tmp_path, at, command, *args):
+        self.flags = tmp_path / f"pause-{uuid.uuid4().hex[:8]}"
+        self.flags.mkdir()
+        env = dict(remote.env, PAUSE_AT=at, PAUSE_DIR=str(self.flags))
+        self.proc = subprocess.Popen([sys.executable, "-c", PAUSER, os.path.dirname(os.path.dirname(BIN)), command,
+                                      remote.url, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    def reached(self, timeout=120):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if (self.flags / "reached").exists():
+                return True
+            if self.proc.poll() is not None:
+                return False
+            time.sleep(0.05)
+        return False
+
+    def release(self):
+        (self.flags / "release").touch()
+
+    def kill(self):
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def finish(self, timeout=120):
+        """(returncode, stdout, stderr) once released."""
+        self.release()
+        stdout, stderr = self.proc.communicate(timeout=timeout)
+        return self.proc.returncode, stdout.decode(), stderr.decode()
 
 
 # -- list, tag, untag -------------------------------------------------------------------
@@ -260,54 +321,84 @@ def test_gc_keeps_what_a_leased_writer_wrote_until_the_lease_ends(tmp_path, d20,
     assert out(run(remote, "gc", "--grace", "0")).startswith(f"removed {len(needed)} object(s)")
 
 
-class Hold(Fault):
-    """Holds the first request the predicate accepts (and every request behind it: the proxy
-    checks faults under one lock) until release(); then drops it, unforwarded, if drop."""
-
-    def __init__(self, predicate, drop=False):
-        super().__init__("*", "", "drop-request" if drop else "pass", times=1)
-        self.predicate, self.drop = predicate, drop
-        self.reached, self.released = threading.Event(), threading.Event()
-
-    def matches(self, method, path):
-        if self.times <= 0 or not self.predicate(method, path.split("?")[0]):
-            return False
-        self.reached.set()
-        self.released.wait(120)
-        return self.drop
-
-    def release(self):
-        self.released.set()
-
-
-def test_gc_keeps_the_objects_of_a_push_running_in_another_process(s3remote, d20, unique):
-    remote = s3remote
+def test_gc_keeps_the_objects_of_a_push_running_in_another_process(remote, d20, unique, tmp_path):
     images(d20, unique, big=4 << 20)
     run(remote, "push", f"t{unique}/base:1")
-    with FaultProxy(remote.server.endpoint) as proxy:
-        hold = Hold(lambda method, path: method == "PUT" and "/images/sha256/" in path)
-        proxy.faults = [hold]
-        push = subprocess.Popen([sys.executable, BIN, "push", remote.via(proxy.url), f"t{unique}/app:1"],
-                                env=remote.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        try:
-            assert hold.reached.wait(120), "the push never got to its image record"
-            # Every layer and the config are written; no ref reaches them; grace 0.
-            written = remote.keys("layers/") | remote.keys("configs/")
-            assert len(remote.keys("leases/")) == 1
-            report = out(run(remote, "gc", "--grace", "0"))
-            assert report.startswith("removed 0 object(s)") and "written by a push still running" in report
-            assert remote.keys("layers/") | remote.keys("configs/") == written
-            assert push.poll() is None
-        finally:
-            hold.release()
-        stdout, stderr = push.communicate(timeout=120)
-    assert push.returncode == 0, stderr.decode()
-    app1 = stdout.split()[0].decode()
+    push = Paused(remote, tmp_path, "put:images/*:1", "push", f"t{unique}/app:1")
+    try:
+        assert push.reached(), push.proc.stderr.read().decode()
+        # Every layer and the config are written; no ref reaches them; grace 0.
+        written = remote.keys("layers/") | remote.keys("configs/")
+        assert len(remote.keys("leases/")) == 1
+        report = out(run(remote, "gc", "--grace", "0"))
+        assert report.startswith("removed 0 object(s)") and "written by a push still running" in report, report
+        assert remote.keys("layers/") | remote.keys("configs/") == written
+        assert push.proc.poll() is None
+    finally:
+        code, stdout, stderr = push.finish()
+    assert code == 0, stderr
+    app1 = stdout.split()[0]
     assert remote.keys("leases/") == set()
     d20.rmi(f"t{unique}/app:2", f"t{unique}/app:1", f"t{unique}/base:1")
     run(remote, "pull", f"t{unique}/app:1")
     assert d20.inspect(f"t{unique}/app:1")["Id"] == app1
     assert d20.run(f"t{unique}/app:1") == f"one {unique}\n"
+
+
+def _unreferenced_app1(remote, d20, unique):
+    """app:1 pushed, then untagged and older than a second: what gc --grace 0 removes, and
+    what a push of app:1 finds whole and reuses (no object written, so its lease's age rule
+    covers nothing: only naming the image in the lease protects it)."""
+    images(d20, unique)
+    app1 = out(run(remote, "push", f"t{unique}/app:1")).split()[0]
+    run(remote, "untag", f"t{unique}/app:1")
+    time.sleep(LEASE_SLACK + 1.5)  # older than a lease taken from now on, on S3's whole seconds too
+    return app1
+
+
+def test_gc_after_a_push_checked_its_objects_keeps_them_until_the_ref_is_written(remote, d20, unique, tmp_path):
+    """The push's final check has passed and its ref is not yet written: a whole gc runs."""
+    app1 = _unreferenced_app1(remote, d20, unique)
+    needed = object_keys(app1, remote)
+    push = Paused(remote, tmp_path, "put:repositories/*:1", "push", f"t{unique}/app:1")
+    try:
+        assert push.reached(), push.proc.stderr.read().decode()
+        lease = json.loads(remote.get(next(iter(remote.keys("leases/")))))
+        assert lease["images"] == [app1]
+        report = out(run(remote, "gc", "--grace", "0"))
+        assert report.startswith("removed 0 object(s)"), report
+        assert needed <= remote.keys()
+    finally:
+        code, _, stderr = push.finish()
+    assert code == 0, stderr
+    assert remote.keys("leases/") == set()  # held until the ref was written, then released
+    assert run(remote, "verify").returncode == 0
+    assert out(run(remote, "gc", "--grace", "0")).startswith("removed 0 object(s)")  # the ref keeps them now
+
+
+def test_push_waits_for_a_gc_that_chose_its_objects_then_stores_them_again(remote, d20, unique, tmp_path):
+    """A gc has chosen the unreferenced app:1 and read the leases (none); a push of app:1
+    then starts: it must not check and write its ref before that gc has deleted."""
+    app1 = _unreferenced_app1(remote, d20, unique)
+    needed = object_keys(app1, remote)
+    gc = Paused(remote, tmp_path, "delete:images/*:1", "gc", "--grace", "0")
+    try:
+        assert gc.reached(), gc.proc.stderr.read().decode()
+        push = subprocess.Popen([sys.executable, BIN, "push", "-v", remote.url, f"t{unique}/app:1"],
+                                env=remote.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        time.sleep(3)
+        assert push.poll() is None, push.communicate()  # waiting for the gc
+        assert not remote.keys(ref_key(f"t{unique}/app:1"))
+    finally:
+        code, report, stderr = gc.finish()
+    assert code == 0 and report.startswith(f"removed {len(needed)} object(s)"), (report, stderr)
+    assert not needed & remote.keys()
+    stdout, stderr = push.communicate(timeout=120)
+    assert push.returncode == 0, stderr.decode()
+    assert stdout.decode().split() == [app1, f"t{unique}/app:1"]
+    assert "waiting for the gc holding leases/gc-" in stderr.decode()
+    assert f"objects of image {app1} vanished" in stderr.decode()
+    assert run(remote, "verify", "--all").returncode == 0  # reads every object back, verified
 
 
 def test_push_stores_again_what_a_gc_removed_under_it(remote, d20, unique):
@@ -325,50 +416,37 @@ def test_push_stores_again_what_a_gc_removed_under_it(remote, d20, unique):
     assert f"layers/sha256/{top}" in remote.keys()
 
 
-def test_gc_killed_at_several_points_leaves_every_ref_complete(s3remote, d20, unique):
-    remote = s3remote
+def test_gc_killed_at_several_points_leaves_every_ref_complete(remote, d20, unique, tmp_path):
     images(d20, unique)
     d20.build(f"t{unique}/app:3", f"t{unique}/app:1", {"three.txt": "three\n"}, run="echo 3 > /r3.txt")
     for n in (1, 2, 3):
         run(remote, "push", f"t{unique}/app:{n}")
     run(remote, "untag", f"t{unique}/app:2", f"t{unique}/app:3")
     points = [
-        ("before the first config", lambda m, p: m == "DELETE" and "/configs/" in p),
-        ("at the second descriptor", _nth(2, lambda m, p: m == "DELETE" and p.endswith(".json") and "/layers/" in p)),
-        ("at the first layer data", lambda m, p: m == "DELETE" and "/layers/" in p and not p.endswith(".json")),
+        ("before the first config", "delete:configs/*:1"),
+        ("at the second descriptor", "delete:layers/sha256/*.json:2"),
+        ("at the first layer data", "delete:layers/sha256/*[0-9a-f]:1"),
     ]
-    for where, predicate in points:
-        with FaultProxy(remote.server.endpoint) as proxy:
-            hold = Hold(predicate, drop=True)
-            proxy.faults = [hold]
-            gc = subprocess.Popen([sys.executable, BIN, "gc", "--grace", "0", remote.via(proxy.url)],
-                                  env=remote.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-            reached = hold.reached.wait(60)
-            gc.send_signal(signal.SIGKILL)
-            gc.wait()
-            hold.release()
-            assert reached, f"gc never got {where}: {gc.stderr.read().decode()}"
+    for where, at in points:
+        gc = Paused(remote, tmp_path, at, "gc", "--grace", "0")
+        reached = gc.reached(60)
+        gc.kill()
+        assert reached, f"gc never got {where}: {gc.proc.stderr.read().decode()}"
         assert run(remote, "verify").returncode == 0, where
         problems = out(run(remote, "verify", "--all", check=False)).splitlines()
         # Only layer data whose descriptor went first may be left: no record lacks a layer.
         assert all("has no descriptor" in line for line in problems), (where, problems)
+    # The killed gcs' leases are there; a push on this host does not wait for dead ones.
+    assert len(remote.keys("leases/")) == 3
+    d20.build(f"t{unique}/app:4", f"t{unique}/app:1", {"four.txt": "four\n"})
+    pushed = run(remote, "push", "-v", f"t{unique}/app:4")
+    assert "waiting for the gc" not in pushed.stderr.decode()
     report = out(run(remote, "gc", "--grace", "0"))
     assert not report.startswith("removed 0 ")
     assert run(remote, "verify", "--all").returncode == 0
-    d20.rmi(f"t{unique}/app:3", f"t{unique}/app:2", f"t{unique}/app:1", f"t{unique}/base:1")
-    run(remote, "pull", f"t{unique}/app:1")
+    d20.rmi(f"t{unique}/app:4", f"t{unique}/app:3", f"t{unique}/app:2", f"t{unique}/app:1", f"t{unique}/base:1")
+    run(remote, "pull", f"t{unique}/app:1", f"t{unique}/app:4")
     assert d20.run(f"t{unique}/app:1") == f"one {unique}\n"
-
-
-def _nth(n, predicate):
-    seen = []
-
-    def match(method, path):
-        if predicate(method, path):
-            seen.append(path)
-            return len(seen) >= n
-        return False
-    return match
 
 
 # -- verify -----------------------------------------------------------------------------
@@ -442,3 +520,42 @@ def test_runs_under_one_lockfile_wait_for_each_other_and_time_out_clearly(tmp_pa
     assert run(remote, "verify").returncode == 0
     bad = dogestry("pull", "--lock-timeout", "1s", remote.url, f"t{unique}/app:1", env=remote.env, check=False)
     assert bad.returncode == 2 and "--lock-timeout needs --lockfile" in bad.stderr.decode()
+
+
+def test_gc_and_retention_honour_the_lockfile_on_every_backend(remote, d20, unique, tmp_path):
+    """What dogestry-gc(1) and dogestry-untag(1) say of --lockfile and --lock-timeout, on each
+    backend: a run on a held lock waits, then runs; a timeout is one line naming the holder."""
+    d20.import_base(f"t{unique}/app:1")
+    app1 = out(run(remote, "push", f"t{unique}/app:1")).split()[0]
+    needed = object_keys(app1, remote)
+    remote.put(ref_key(f"t{unique}/r:old"), b"not an image id\n")  # damaged: untag prints "-" for it
+    for tag in ("a", "b", "c"):
+        time.sleep(1.05 if isinstance(remote, S3Remote) else 0.05)  # S3 keeps whole seconds
+        run(remote, "tag", f"t{unique}/app:1", f"t{unique}/r:{tag}")
+    lock = str(tmp_path / "ops.lock")
+    held = os.open(lock, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(held, fcntl.LOCK_EX)
+    os.write(held, b"4242 ci-runner\n")
+    for args in (["untag", "--keep-last", "1", f"t{unique}/r"], ["gc", "--grace", "0"], ["gc", "-n"]):
+        timed_out = dogestry(args[0], "--lockfile", lock, "--lock-timeout", "1s", remote.url, *args[1:],
+                             env=remote.env, check=False)
+        assert timed_out.returncode == 1, args
+        assert timed_out.stderr.decode() == (f"dogestry: lock file {lock} is still held by another run after 1s "
+                                             "(--lock-timeout): pid 4242 on ci-runner\n"), args
+    assert len(remote.keys(f"repositories/t{unique}/r/")) == 4
+    waiting = subprocess.Popen([sys.executable, BIN, "untag", "--keep-last", "1", "--lockfile", lock, remote.url,
+                                f"t{unique}/r"], env=remote.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    time.sleep(1.5)
+    assert waiting.poll() is None and len(remote.keys(f"repositories/t{unique}/r/")) == 4  # it waits
+    fcntl.flock(held, fcntl.LOCK_UN)
+    os.close(held)
+    stdout, stderr = waiting.communicate(timeout=60)
+    assert waiting.returncode == 0, stderr.decode()
+    assert sorted(stdout.decode().splitlines()) == sorted([f"- t{unique}/r:old", f"{app1} t{unique}/r:a",
+                                                           f"{app1} t{unique}/r:b"])
+    assert remote.keys(f"repositories/t{unique}/r/") == {ref_key(f"t{unique}/r:c")}
+    run(remote, "untag", f"t{unique}/app:1", f"t{unique}/r:c")
+    report = out(run(remote, "gc", "--grace", "0", "--lockfile", lock, "--lock-timeout", "5s"))
+    assert report.startswith(f"removed {len(needed)} object(s)"), report
+    assert not remote.keys("images/") and not remote.keys("leases/")
+
