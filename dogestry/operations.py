@@ -33,6 +33,7 @@ import fcntl
 import json
 import os
 import socket
+import stat
 import threading
 import time
 import uuid
@@ -780,9 +781,14 @@ def lockfile(ctx, path, timeout=None):
         yield
         return
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        # O_NONBLOCK: a FIFO must not hang the open. Only a regular file is ever written:
+        # --lockfile /dev/sda must never get a pid written over its first bytes.
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NONBLOCK, 0o644)
     except OSError as err:
         raise DogestryError(f"cannot open lock file {path}: {err.strerror or err}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise DogestryError(f"lock file {path} is not a regular file")
     try:
         started = time.monotonic()
         told = False

@@ -322,3 +322,22 @@ def test_update_ref_refuses_one_field_records_that_are_not_image_ids(tmp_path, d
     proc = subprocess.run([sys.executable, BIN, *args], input=data, capture_output=True, timeout=60)
     assert "bad ref record" in _one_line_error(proc, 2)
     assert not (repo / "repositories").exists()
+
+
+# -- the lock file ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["fifo", "dev-null", "directory"])
+def test_a_lock_file_that_is_not_a_regular_file_is_refused_and_never_written(tmp_path, kind):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    if kind == "fifo":
+        lock = tmp_path / "lock"
+        os.mkfifo(lock)
+    elif kind == "directory":
+        lock = tmp_path / "lockdir"
+        lock.mkdir()
+    else:
+        lock = "/dev/null"  # a device: a pid written over its first bytes would be a disaster on a disk
+    for command in (["gc", "--dry-run"], ["untag", "--keep-last", "1", "x"]):
+        err = _one_line_error(_bounded(command[0], "--lockfile", str(lock), str(repo), *command[1:], limit=20))
+        assert str(lock) in err, err

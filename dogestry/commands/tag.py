@@ -14,7 +14,8 @@ def add_arguments(p):
 
 
 def run(ctx, args):
-    image_id, ref = tag(ctx.repo(args.remote), args.source, args.target)
+    # With ctx it says so when it waits for a running gc.
+    image_id, ref = tag(ctx.repo(args.remote), args.source, args.target, ctx=ctx)
     ctx.detail(f"{ref} -> {image_id}")
     write_ref_record(ctx.out, image_id, ref)
     return 0
