@@ -623,11 +623,19 @@ class Bench:
         s3 = self.s3_client()
         s3.put_object(Bucket=BUCKET, Key=prefix + "dogestry.json",
                       Body=open(os.path.join(self.full_repo, "dogestry.json"), "rb").read())
-        image = open(os.path.join(self.full_repo, "repositories/bench/multi/1"), "rb").read()
+        image = self.full_repo_ref("bench/multi", "1")
         sh(self.dog(f"sync-objects --image {image.decode().strip()} {self.full_repo} '{url}'"), env=self.s3_env)
         tags = self.tags_dir(s3, prefix, "bench/many")
         self.s3_put_many(s3, {f"{tags}{n}": image for n in range(refs)})
         return url
+
+    def full_repo_ref(self, name, tag):
+        """The ref file's bytes in the full repository, in whichever layout it has now (a push
+        upgrades version 1's repositories/NAME/TAG to version 2's repositories/NAME/_tags/TAG)."""
+        for path in (f"repositories/{name}/_tags/{tag}", f"repositories/{name}/{tag}"):
+            if os.path.isfile(os.path.join(self.full_repo, path)):
+                return open(os.path.join(self.full_repo, path), "rb").read()
+        raise SystemExit(f"bench: {self.full_repo} has no ref {name}:{tag}")
 
     @staticmethod
     def tags_dir(s3, prefix, name):
@@ -685,7 +693,7 @@ class Bench:
             have = sum(len(page.get("Contents", [])) for page in
                        s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix="gc/"))
             reachable = objects // 2 - have
-            image = open(os.path.join(self.full_repo, "repositories/bench/multi/1"), "rb").read()
+            image = self.full_repo_ref("bench/multi", "1")
             junk = {}
             for n in range(objects // 2):
                 body = f"unreachable {n}\n".encode() * 64
