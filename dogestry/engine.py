@@ -10,7 +10,7 @@ are unversioned: the engine serves its newest API, as the SDK's version="auto" d
 
 Images come back as image.EngineImage. The unit tests of push and pull planning
 (tests/test_transfer_plan.py) use a fake of the methods those paths call:
-uses_containerd_store, inspect, require, layer_chains, images_with_layers, save, load, tag.
+uses_containerd_store, inspect, require, layer_chains, save, load, tag.
 The containerd store's pull (pull, remove_tag, lists, inspect_details, is_local) is tested
 against real engines only; the protocol's failures against a fake engine
 (tests/test_engine_client.py).
@@ -511,12 +511,6 @@ class Engine:
     def remove_tag(self, name):
         """Remove the name `name` (name:tag); the image stays while another name holds it."""
         self._json("DELETE", f"/images/{_quote(name)}", {"noprune": "1"}, missing_ok=True)
-
-    def images_with_layers(self, diff_ids):
-        """Ids of the engine's images whose layers are exactly diff_ids (the containerd store
-        holds one image under several manifests: built here, and as dogestry loaded it)."""
-        found = [f for f in self._inspect_many(self.image_ids()) if f is not None]
-        return [f.id for f in found if f.diff_ids == list(diff_ids)]
 
     def lists(self, name):
         """True when `docker images` shows name: the containerd store hides an image whose

@@ -78,9 +78,6 @@ class FakeEngine:
             raise NotFound(f"image {name} not found")
         return found
 
-    def images_with_layers(self, diff_ids):
-        return [i for i, (_, layers) in self.images.items() if [sha256_digest(x) for x in layers] == list(diff_ids)]
-
     def layer_chains(self):
         return {c for config, layers in self.images.values() for c in chain_ids([sha256_digest(x) for x in layers])}
 
