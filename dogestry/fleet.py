@@ -35,7 +35,8 @@ from concurrent.futures import ThreadPoolExecutor
 from .digests import of_hash
 from .errors import CorruptObject, DogestryError
 from .layerstore import CHUNK, hold_last
-from .transfer import load, plan_load, pull_through_server, resolve
+from .pullthrough import pull_through_server
+from .transfer import load, plan_load, resolve
 
 PREFETCH = 2  # layers fetched from the remote at once ahead of the loads
 

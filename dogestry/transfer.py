@@ -24,7 +24,7 @@ from .errors import DogestryError, NotFound, UsageError
 from .image import Image
 from .operations import before_refs, lease, pending_lease
 from .pipeline import Stage
-# The containerd store's part lives in pullthrough.py (fleet.py imports pull_through_server from here).
+# The containerd store's part of push and pull lives in pullthrough.py.
 from .pullthrough import (aliased_engine_copy, aliased_remote_copy, export_checked, pull_through_server,
                           record_aliases, refuse_layerless, resolve_engine_id, same_config)
 from .refs import looks_like_id, parse_ref
