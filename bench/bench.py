@@ -514,18 +514,10 @@ class Bench:
                              f"{med(dd) / 1e6:.0f} MB", f"{med(bd) / 1e6:.0f} MB `docker pull`",
                              f"{med(dd) / med(bd):.2f}", "<= 1.1x", "yes" if med(dd) <= 1.1 * med(bd) else "no",
                              "du -sb of the engine's data root before/after")
-        if "P10s" in want:
-            self.p10s()
-        if "P12" in want:
-            self.p12()
-        if "P13" in want:
-            self.p13()
-        if "P14" in want:
-            self.p14()
-        if "P15" in want:
-            self.p15()
-        if "P16" in want:
-            self.p16()
+        for case, measure in (("P10s", self.p10s), ("P12", self.p12), ("P13", self.p13), ("P14", self.p14),
+                              ("P15", self.p15), ("P16", self.p16)):
+            if case in want:
+                measure()
 
     @staticmethod
     def du(path):
