@@ -89,15 +89,37 @@ def _read_ref(repo, ref):
         return None
 
 
+def _read_refs(repo, refs):
+    """The image id (or None) of each (Ref, ObjectInfo) in refs, reading each content once.
+
+    Refs whose listing gave one etag hold the same bytes (see ObjectInfo), so one read
+    answers for all of them: on S3 a thousand tags of one image cost one GET, not a
+    thousand. A ref gone since the listing does not speak for the rest of its group: they
+    are then read one by one.
+    """
+    groups = {}
+    for i, (_, info) in enumerate(refs):
+        groups.setdefault(info.etag or i, []).append(i)
+    members = list(groups.values())
+    ids = [None] * len(refs)
+    for group, image_id in zip(members, _map(lambda group: _read_ref(repo, refs[group[0]][0]), members)):
+        for i in group:
+            ids[i] = image_id
+    unsure = [i for group in members if len(group) > 1 and ids[group[0]] is None for i in group[1:]]
+    for i, image_id in zip(unsure, _map(lambda i: _read_ref(repo, refs[i][0]), unsure)):
+        ids[i] = image_id
+    return ids
+
+
 def list_tags(repo, patterns=()):
     """[Row] for every ref matching a glob (name:tag or name), by name then newest push first.
 
     Refs come from one listing (with their last-write times); refs and image records are
-    then read PARALLEL at a time, each image record once. SIZE is the stored bytes of the
+    then read PARALLEL at a time, each image record once and each ref content once (_read_refs). SIZE is the stored bytes of the
     image's layers and config as its record gives them; None for a ref whose image is missing.
     """
     refs = [(ref, info) for ref, info in repo.ref_infos() if _matches(ref, patterns)]
-    ids = _map(lambda item: _read_ref(repo, item[0]), refs)
+    ids = _read_refs(repo, refs)
 
     def size_of(image_id):
         try:
@@ -155,12 +177,13 @@ def retention(repo, keep_last, patterns, dry_run=False):
     by_name = {}
     for ref, info in repo.ref_infos():
         if _matches(ref, patterns):
-            by_name.setdefault(ref.name, []).append((info.mtime or 0, ref.tag, ref))
+            by_name.setdefault(ref.name, []).append((info.mtime or 0, ref.tag, ref, info))
     doomed = []
     for name in sorted(by_name):
         newest_first = sorted(by_name[name], key=lambda item: (item[0], item[1]), reverse=True)
-        doomed += [ref for _, _, ref in newest_first[keep_last:]]
-    ids = _map(lambda ref: _read_ref(repo, ref), doomed)
+        doomed += [(ref, info) for _, _, ref, info in newest_first[keep_last:]]
+    ids = _read_refs(repo, doomed)
+    doomed = [ref for ref, _ in doomed]
     if not dry_run:
         _map(repo.delete_ref, doomed)
     return [(image_id, ref) for image_id, ref in zip(ids, doomed)]

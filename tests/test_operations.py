@@ -217,6 +217,56 @@ def test_list_many_tags_with_slashes_and_host_port_names(remote, d20, unique):
     assert run(remote, "list", "nothing-matches/*", check=False).returncode == 1
 
 
+
+class _CountingRefReads:
+    """A real backend whose ref reads are counted; `vanish` is deleted right after a listing
+    of refs, as if another host untagged it between list's listing and its reads."""
+
+    def __init__(self, inner, vanish=None):
+        self._inner, self.vanish, self.ref_reads = inner, vanish, []
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+    def scan(self, prefix=""):
+        infos = list(self._inner.scan(prefix))
+        if prefix.startswith("repositories") and self.vanish:
+            self._inner.delete(self.vanish)
+        return iter(infos)
+
+    def get(self, key, limit=None):
+        if key.startswith("repositories/"):
+            self.ref_reads.append(key)
+        return self._inner.get(key, limit)
+
+
+@pytest.mark.parametrize("server", ["seaweed", "moto"])
+def test_list_on_s3_reads_each_ref_content_once(server, d20, unique, monkeypatch):
+    """S3 listings carry ETags derived from the bytes: tags of one image share one GET."""
+    from dogestry.backends import open_backend
+    from dogestry.operations import list_tags
+    from dogestry.repo import Repository
+
+    remote = S3Remote(S3Server(server), d20)
+    images(d20, unique)
+    app1, app2 = out(dogestry("push", remote.url, f"t{unique}/app:1", f"t{unique}/app:2",
+                              env=remote.env)).split()[0::2]
+    refs = {f"t{unique}/many:v{i}": (app1 if i % 2 else app2) for i in range(40)}
+    for name, image_id in refs.items():
+        remote.put(ref_key(name), f"{image_id}\n".encode())
+    refs.update({f"t{unique}/app:1": app1, f"t{unique}/app:2": app2})
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", remote.server.key_id)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", remote.server.secret)
+    gone = f"t{unique}/app:1"  # listed first of app1's tags: the one read for all of them
+    backend = _CountingRefReads(open_backend(remote.url), vanish=ref_key(gone))
+    rows = list_tags(Repository(backend, create=False))
+    assert {str(r.ref): r.image_id for r in rows} == dict(refs, **{gone: None})
+    # one read per content, plus, for the group whose first member vanished, the rest of it
+    assert len(backend.ref_reads) <= 2 + 20, backend.ref_reads
+    backend = _CountingRefReads(open_backend(remote.url))
+    list_tags(Repository(backend, create=False))
+    assert len(backend.ref_reads) == 2, backend.ref_reads
+
 def test_tag_and_untag_round_trip_and_retention_keeps_the_newest(remote, d20, unique, monkeypatch):
     images(d20, unique)
     app1 = out(run(remote, "push", f"t{unique}/app:1")).split()[0]

@@ -221,10 +221,14 @@ class _SpoolFile:
 
 
 class ObjectInfo:
-    __slots__ = ("key", "size", "mtime")
+    """What a listing says of one key. `etag` is a tag the store derives from the object's
+    bytes (S3's ETag), or None: two keys of one store with the same etag hold the same
+    bytes, so a reader of many small objects (a thousand refs to one image) reads one of them."""
 
-    def __init__(self, key, size, mtime):
-        self.key, self.size, self.mtime = key, size, mtime
+    __slots__ = ("key", "size", "mtime", "etag")
+
+    def __init__(self, key, size, mtime, etag=None):
+        self.key, self.size, self.mtime, self.etag = key, size, mtime, etag
 
     def __repr__(self):
         return f"ObjectInfo({self.key!r}, {self.size}, {self.mtime})"

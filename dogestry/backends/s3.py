@@ -422,7 +422,8 @@ class S3Backend(Backend):
         try:
             for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix + prefix):
                 for item in page.get("Contents") or []:
-                    yield ObjectInfo(item["Key"][len(self.prefix):], item["Size"], item["LastModified"].timestamp())
+                    yield ObjectInfo(item["Key"][len(self.prefix):], item["Size"], item["LastModified"].timestamp(),
+                                     str(item.get("ETag") or "").strip('"') or None)
         except (ClientError, BotoCoreError) as err:
             raise self._fail(err, "cannot list") from None
 
