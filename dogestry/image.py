@@ -136,15 +136,20 @@ class Image:
 class EngineImage:
     """What an engine says of one of its images (its inspect), in the fields dogestry uses."""
 
-    __slots__ = ("id", "diff_ids", "repo_tags", "size")
+    __slots__ = ("id", "diff_ids", "repo_tags", "size", "readable")
 
-    def __init__(self, image_id, diff_ids, repo_tags, size):
+    def __init__(self, image_id, diff_ids, repo_tags, size, readable=True):
         self.id, self.diff_ids, self.repo_tags, self.size = image_id, diff_ids, repo_tags, size
+        # False when the engine could not read the image's config: its inspect has no
+        # RootFS type (Docker 28's containerd store, for an image lacking layer content).
+        self.readable = readable
 
     @classmethod
     def from_inspect(cls, found):
-        return cls(found["Id"], list((found.get("RootFS") or {}).get("Layers") or []),
-                   [t for t in found.get("RepoTags") or [] if t != "<none>:<none>"], found.get("Size") or 0)
+        rootfs = found.get("RootFS") or {}
+        return cls(found["Id"], list(rootfs.get("Layers") or []),
+                   [t for t in found.get("RepoTags") or [] if t != "<none>:<none>"], found.get("Size") or 0,
+                   readable=bool(rootfs.get("Type")))
 
     def is_image(self, image):
         """True when this engine image is `image`: by config digest on a graphdriver engine, by

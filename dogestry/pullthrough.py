@@ -334,7 +334,12 @@ def export_checked(ctx, save_names, export):
 def refuse_layerless(found, name):
     """An image with no layers (FROM scratch and only metadata) is refused on every engine:
     graphdriver engines cannot export one (`docker save` answers "empty export - not
-    implemented"), and a remote should not hold images only some engines can push."""
+    implemented"), and a remote should not hold images only some engines can push. An
+    image whose config the engine cannot read is no such image: say what it is."""
+    if not found.readable:
+        raise DogestryError(f"cannot push {name}: the Docker engine cannot read its config (its containerd image "
+                            "store lacks content of the image, as a `docker pull` leaves it when a layer's snapshot "
+                            "existed, moby/moby#49473); pull it again with `dogestry pull`, which completes it")
     if not found.diff_ids:
         raise DogestryError(f"cannot push {name}: it has no layers (FROM scratch with only metadata), which "
                             "Docker's graphdriver engines cannot export; give it a layer (e.g. COPY a file)")

@@ -324,11 +324,19 @@ def resolve(repo, texts, ctx=None):
 
 
 def engine_copy(engine, image, repo=None):
-    """The engine's id for image if it has it (config digest on a graphdriver engine; on the
-    containerd store the digest of the manifest dogestry loads it with), else None."""
+    """The engine's id for image if it has it whole (config digest on a graphdriver engine;
+    on the containerd store the digest of the manifest dogestry loads it with, and an image
+    that store hides is not whole), else None."""
     for candidate in (image.id, image.manifest_digest):
         found = engine.inspect(candidate)
         if found is not None:
+            if found.diff_ids != image.diff_ids or (engine.uses_containerd_store()
+                                                     and found.id not in engine.image_ids()):
+                # The containerd store lacks the content of a layer whose snapshot it had
+                # when the image was pulled (a plain `docker pull`, moby/moby#49473): Docker
+                # 26 hides it from listings, Docker 28 lists it with an empty inspect. It
+                # runs but cannot be saved, so it is no copy to tag: the pull completes it.
+                return None
             return found.id
     return aliased_engine_copy(engine, repo, image) if repo is not None else None
 

@@ -137,6 +137,40 @@ def test_pull_completes_an_image_whose_layers_came_from_elsewhere(engine_named, 
     assert other.run(f"t{unique}/app:2", "cat", "/a.txt", "/b.txt") == "one\ntwo\n"
 
 
+
+@pytest.mark.parametrize("store", STORES)
+def test_pull_completes_a_hidden_image_the_engine_already_has(engine_named, unique, tmp_path, store):
+    """A plain `docker pull` from `dogestry serve` leaves the image without the content of
+    the layers whose snapshots existed (moby/moby#49473): it runs, but `docker images`
+    hides it and it cannot be saved. A dogestry pull of it must not count it as present."""
+    from dogestry.serve import Server
+
+    eng = engine_named(store)
+    first, second = str(tmp_path / "first"), str(tmp_path / "second")
+    eng.import_base(f"t{unique}/base:1")
+    eng.build(f"t{unique}/app:1", f"t{unique}/base:1", {"a.txt": "one\n"}, run="true")
+    image_id = _ids(dogestry("push", first, f"t{unique}/app:1", env=eng.env()))[0]
+    eng.rmi(f"t{unique}/app:1")
+    server = Server(Repository(open_backend(first)), log=lambda line: None)
+    port = server.start()
+    try:
+        eng.api.pull(f"127.0.0.1:{port}/t{unique}/app", "1")
+    finally:
+        server.stop()
+    eng.created.append(f"127.0.0.1:{port}/t{unique}/app:1")  # kept: the store drops an image with its last name
+    hidden = eng.inspect(image_id) or eng.inspect(Repository(open_backend(first)).get_image(image_id).manifest_digest)
+    assert hidden is not None
+    # Docker 26 hides it; Docker 28 lists it, with an inspect that has no config in it
+    assert f"127.0.0.1:{port}/t{unique}/app:1" not in eng.tags() or not hidden["RootFS"].get("Layers")
+    refused = dogestry("push", second, f"127.0.0.1:{port}/t{unique}/app:1", env=eng.env(), check=False)
+    err = refused.stderr.decode()
+    assert refused.returncode == 1 and err.count("\n") == 1 and "moby/moby#49473" in err, err
+
+    dogestry("pull", first, f"t{unique}/app:1", env=eng.env())
+    assert f"t{unique}/app:1" in eng.tags()
+    assert _ids(dogestry("push", second, f"t{unique}/app:1", env=eng.env())) == [image_id]
+    dogestry("verify", second)
+
 def test_records_name_the_image_asked_for(engine, unique, tmp_path):
     repo = str(tmp_path / "repo")
     engine.import_base(f"t{unique}/base:1")
