@@ -77,6 +77,12 @@ _MAX_NAME = 255
 _ROUTE_RE = re.compile(r"/v2/(?P<name>.+)/(?:(?P<kind>manifests|blobs)/(?P<ref>[^/]+)|(?P<tags>tags/list))")
 _RANGE_RE = re.compile(r"\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*")
 IDLE_TIMEOUT = 600  # seconds a connection may sit idle (or a client stall a send) before it is dropped
+# Connections served at once (a thread each). Beyond it a client gets 429 at once: idle or
+# trickling connections cannot grow the threads and memory without bound. A docker pull
+# opens a few; containerd at most a few per layer.
+MAX_CONNECTIONS = 256
+_TOO_MANY = json.dumps({"errors": [{"code": "TOOMANYREQUESTS", "message": "too many connections; retry",
+                                    "detail": None}]}).encode()
 # The layer cache's bound (and never more than half the free space where it lives): a few
 # large images' layers, uncompressed.
 CACHE_LIMIT = 8 << 30
@@ -647,6 +653,33 @@ class _Handler(BaseHTTPRequestHandler):
 
 class _HTTPServer(ThreadingMixIn, HTTPServer):
     daemon_threads = True  # a stalled client never keeps the process from exiting
+
+    def __init__(self, *args, **kwargs):
+        self._connections = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        super().__init__(*args, **kwargs)
+
+    def process_request(self, request, client_address):
+        if not self._connections.acquire(blocking=False):
+            try:
+                request.settimeout(1)
+                request.sendall(b"HTTP/1.1 429 Too Many Requests\r\nContent-Type: application/json\r\n"
+                                b"Retry-After: 1\r\nConnection: close\r\n"
+                                b"Content-Length: %d\r\n\r\n%s" % (len(_TOO_MANY), _TOO_MANY))
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._connections.release()  # no thread started to release it
+            raise
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._connections.release()
 
     def server_bind(self):
         # HTTPServer.server_bind resolves our own name (getfqdn), which can stall on DNS.

@@ -10,6 +10,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import tarfile
@@ -582,6 +583,45 @@ def test_the_library_serves_from_a_background_thread(small_repo):
     with pytest.raises(ConnectionRefusedError):
         http.client.HTTPConnection("127.0.0.1", port, timeout=5).request("GET", "/v2/")
 
+
+
+def test_connections_beyond_the_cap_are_told_to_retry_and_idle_ones_do_not_block_others(small_repo, monkeypatch):
+    """A client that opens connections and never finishes a request holds a thread each:
+    past MAX_CONNECTIONS the server answers 429 at once instead of growing without bound."""
+    from dogestry import serve
+    from dogestry.backends import open_backend
+    from dogestry.repo import Repository
+
+    monkeypatch.setattr(serve, "MAX_CONNECTIONS", 3)
+    server = serve.Server(Repository(open_backend(small_repo)), log=lambda line: None)
+    port = server.start()
+    idle = []
+    try:
+        for _ in range(3):
+            idle.append(socket.create_connection(("127.0.0.1", port), timeout=10))
+            idle[-1].sendall(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n")  # never ends its headers
+        time.sleep(0.3)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("GET", "/v2/team/app/manifests/1")
+        refused = conn.getresponse()
+        assert refused.status == 429 and json.loads(refused.read())["errors"][0]["code"] == "TOOMANYREQUESTS"
+        conn.close()
+        idle.pop().close()
+        deadline = time.monotonic() + 10
+        while True:  # the freed slot is taken back once its thread sees the close
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            conn.request("GET", "/v2/team/app/manifests/1")
+            answer = conn.getresponse()
+            body = answer.read()
+            conn.close()
+            if answer.status != 429 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert answer.status == 200 and body == repo_image(small_repo, "team/app:1")[2]
+    finally:
+        for sock in idle:
+            sock.close()
+        server.stop()
 
 def test_serves_an_s3_remote_and_a_shared_url(seaweed, tmp_path, small_repo):
     prefix = f"serve-{uuid.uuid4().hex[:8]}"
