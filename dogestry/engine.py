@@ -18,6 +18,7 @@ against real engines only; the protocol's failures against a fake engine
 
 import json
 import os
+import re
 import socket
 import threading
 from urllib.parse import quote, urlencode, urlsplit
@@ -168,7 +169,7 @@ class Engine:
     def _connect(self):
         """A new (not yet connected) connection to the engine; http.client connects on the first request."""
         http_client = _http()
-        url = urlsplit(self.host)
+        url = _split(self.host)
         if url.scheme in ("unix", "http+unix"):
             path = self.host.split("://", 1)[1]
             if not path:
@@ -179,7 +180,7 @@ class Engine:
                 hostname, port = url.hostname, url.port
             except ValueError:
                 hostname = port = None
-            if not hostname:
+            if not hostname or not _HOSTNAME_RE.fullmatch(hostname):
                 raise EngineError(f"Docker engine URL {self.host} names no host or a bad port")
             context = _tls_context(self._environ)
             if url.scheme == "https" and context is None:
@@ -479,7 +480,10 @@ class Engine:
 
         if self.host.startswith("unix://"):
             return True
-        parts = urlsplit(self.host)
+        try:
+            parts = urlsplit(self.host)
+        except ValueError:
+            return False
         if parts.scheme not in ("tcp", "http", "https"):
             return False  # npipe:// and ssh:// reach another machine or VM
         try:
@@ -516,6 +520,18 @@ class Engine:
         """True when `docker images` shows name: the containerd store hides an image whose
         content is incomplete (it runs, but cannot be saved)."""
         return bool(self._images({"filters": json.dumps({"reference": [name]})}))
+
+
+# A host name or an IP address literal (IPv6 with an optional zone): nothing that
+# http.client would refuse later with its own exception.
+_HOSTNAME_RE = re.compile(r"[A-Za-z0-9._-]+|[0-9A-Fa-f:.]+(%[A-Za-z0-9._-]+)?")
+
+
+def _split(host):
+    try:
+        return urlsplit(host)
+    except ValueError as err:  # "Invalid IPv6 URL", a bad port...
+        raise EngineError(f"Docker engine URL {host} is not a URL ({err})") from None
 
 
 def _quote(name):

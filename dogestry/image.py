@@ -140,8 +140,8 @@ class EngineImage:
 
     def __init__(self, image_id, diff_ids, repo_tags, size, readable=True):
         self.id, self.diff_ids, self.repo_tags, self.size = image_id, diff_ids, repo_tags, size
-        # False when the engine could not read the image's config: its inspect has no
-        # RootFS type (Docker 28's containerd store, for an image lacking layer content).
+        # False when the engine could not read the image's config: its inspect has neither
+        # RootFS nor Os (Docker 28's containerd store, for an image lacking layer content).
         self.readable = readable
 
     @classmethod
@@ -149,7 +149,7 @@ class EngineImage:
         rootfs = found.get("RootFS") or {}
         return cls(found["Id"], list(rootfs.get("Layers") or []),
                    [t for t in found.get("RepoTags") or [] if t != "<none>:<none>"], found.get("Size") or 0,
-                   readable=bool(rootfs.get("Type")))
+                   readable=bool(rootfs or found.get("Os")))
 
     def is_image(self, image):
         """True when this engine image is `image`: by config digest on a graphdriver engine, by

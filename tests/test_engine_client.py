@@ -127,6 +127,18 @@ def test_schemes_we_do_not_speak(host, tmp_path):
     assert "speaks unix://" in one_line_exit_1(host, "push", str(tmp_path / "repo"), NAME)
 
 
+@pytest.mark.parametrize("host,says", [
+    ("http://[::1", "is not a URL"), ("tcp://[::1", "is not a URL"), ("tcp://a b:2375", "names no host"),
+    ("tcp://[::1]:99999", "names no host"), ("tcp://:2375", "names no host"), ("unix://", "names no socket"),
+], ids=["unclosed-ipv6-http", "unclosed-ipv6-tcp", "space-in-host", "port-too-big", "no-host", "no-socket"])
+def test_engine_urls_that_do_not_parse(host, says, tmp_path):
+    with pytest.raises(EngineError, match=says):
+        Engine(host).info()
+    assert says in one_line_exit_1(host, "push", str(tmp_path / "repo"), NAME)
+    if says == "is not a URL":
+        assert not Engine(host).is_local()
+
+
 # -- a fake engine --------------------------------------------------------------------------
 class FakeEngine(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     """An engine on a unix socket whose answers `mode` spoils; it counts connections."""
