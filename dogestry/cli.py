@@ -38,6 +38,19 @@ def _run_external(argv, word):
     os.execv(program, [program] + argv[index + 1:])
 
 
+def _check_positionals(parser, args):
+    """argparse before Python 3.12 takes a `--` given as a value out of the values it
+    collects: `pull R -- --` gave pull no images, and `walk-ancestry R -- --` a list where
+    one id belongs. Such an argument is missing, as argparse says of an absent one."""
+    sub = next(a for a in parser._actions if a.dest == "command")
+    command = sub.choices.get(args.command)
+    for action in command._actions if command is not None else ():
+        value = getattr(args, action.dest, None)
+        if not action.option_strings and ((action.nargs is None and isinstance(value, list))
+                                          or (action.nargs == "+" and value == [])):
+            raise UsageError(f"{args.command}: the following arguments are required: {action.metavar or action.dest}")
+
+
 def _intermix(parser, args, extra):
     """Words after an option that belong to the command's trailing `nargs="*"` positional
     (`dogestry list REMOTE --no-trunc 'app*'`), which argparse leaves over; anything else
@@ -98,6 +111,7 @@ def _main(argv):
         raise UsageError("no command given; see 'dogestry help'")
     if extra:
         _intermix(parser, args, extra)
+    _check_positionals(parser, args)
     if args.quiet and args.verbose:
         raise UsageError("-q and -v contradict each other")
     from .config import Config

@@ -33,7 +33,10 @@ def test_unknown_command_runs_extension_from_path(tmp_path):
 
 
 def test_usage_errors_exit_2_with_one_line():
-    for args in ([], ["push"], ["pull", "gopher://x/y", "app"], ["push", "/tmp/x", "UPPER:1"]):
+    for args in ([], ["push"], ["pull", "gopher://x/y", "app"], ["push", "/tmp/x", "UPPER:1"],
+                 # argparse < 3.12 drops a `--` given as a value: the argument is then missing
+                 ["pull", "/tmp/x", "--", "--"], ["walk-ancestry", "/tmp/x", "--", "--"],
+                 ["tag", "/tmp/x", "--", "--", "--"]):
         out = dogestry(*args, check=False)
         assert out.returncode == 2, args
         assert len(out.stderr.decode().strip().splitlines()) == 1, out.stderr
