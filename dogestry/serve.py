@@ -834,16 +834,16 @@ def serve(ctx, remote, listen):
     if repo.format_version() is None:
         raise DogestryError(f"nothing to serve: {repo.location} holds no dogestry repository")
     repo.check_format()
-    if not is_loopback(host):
-        print(f"dogestry: warning: listening on {host}, not a loopback address: anyone who can reach it can "
-              f"pull every image in {repo.location}, unauthenticated and unencrypted", file=ctx.err, flush=True)
 
     def warn(line):
         print(f"dogestry: {line}", file=ctx.err, flush=True)
 
     _return_freed_chunks()
     server = Server(repo, (host, port), log=ctx.detail, warn=warn)
-    server.bind()
+    server.bind()  # first: an address that cannot be listened on is an error, with no warning before it
+    if not is_loopback(host):
+        warn(f"warning: listening on {host}, not a loopback address: anyone who can reach it can "
+             f"pull every image in {repo.location}, unauthenticated and unencrypted")
     server.cache = LayerCache.create(repo, ctx.config.temp_dir(), warn)
     # Printed whatever -q says: it is how a caller (or a test) learns a chosen port.
     print(f"listening on {server.url}", file=ctx.err, flush=True)
