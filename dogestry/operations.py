@@ -30,6 +30,7 @@ the running pushes write, and that is all written after their lease began.
 """
 
 import fcntl
+import hashlib
 import json
 import os
 import socket
@@ -42,11 +43,12 @@ from contextlib import contextmanager
 
 from .errors import CorruptObject, DogestryError, NotFound, UsageError
 from .refs import parse_ref
-from .repo import image_key, image_keys, layer_descriptor_key, layer_key, lease_key, object_of_key
+from .repo import image_key, image_keys, ref_body, layer_descriptor_key, layer_key, lease_key, object_of_key
 
 LEASE_RENEW = 30       # seconds between a lease's rewrites
 LEASE_TIMEOUT = 300    # a lease not rewritten for this long belongs to a dead writer
 LEASE_SLACK = 2        # one storage clock, but S3 keeps whole seconds (and a multipart object its start)
+ETAG_LOOKUP_MIN = 16  # distinct ref etags from which a listing of image records is cheaper than GETs
 PARALLEL = 16          # reads in flight for list and gc (the S3 backend pools 16 connections)
 MAX_SHARE_INDEX = 64 << 20
 
@@ -94,14 +96,23 @@ def _read_refs(repo, refs):
 
     Refs whose listing gave one etag hold the same bytes (see ObjectInfo), so one read
     answers for all of them: on S3 a thousand tags of one image cost one GET, not a
-    thousand. A ref gone since the listing does not speak for the rest of its group: they
+    thousand; a thousand tags of different images cost one listing of image records. A ref gone since the listing does not speak for the rest of its group: they
     are then read one by one.
     """
     groups = {}
     for i, (_, info) in enumerate(refs):
         groups.setdefault(info.etag or i, []).append(i)
-    members = list(groups.values())
     ids = [None] * len(refs)
+    if sum(isinstance(etag, str) for etag in groups) > ETAG_LOOKUP_MIN:
+        # Most refs point at different images (a tag per build): one listing of the image
+        # records instead of a GET per ref, since a ref's etag (S3's MD5 of its body) is the
+        # MD5 of the ref_body of the image it names. A ref written otherwise is still read.
+        known = {hashlib.md5(ref_body(image_id), usedforsecurity=False).hexdigest(): image_id
+                 for image_id in repo.image_ids()}
+        for etag in [etag for etag in groups if etag in known]:
+            for i in groups.pop(etag):
+                ids[i] = known[etag]
+    members = list(groups.values())
     for group, image_id in zip(members, _map(lambda group: _read_ref(repo, refs[group[0]][0]), members)):
         for i in group:
             ids[i] = image_id

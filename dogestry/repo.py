@@ -58,6 +58,11 @@ def config_key(image_id):
     return f"configs/sha256/{hex_of(image_id)}"
 
 
+def ref_body(image_id):
+    """A ref's bytes as dogestry writes them: the image id and a newline."""
+    return f"{image_id}\n".encode()
+
+
 def image_key(image_id):
     return f"images/sha256/{hex_of(image_id)}.json"
 
@@ -465,7 +470,7 @@ class Repository:
             raise DogestryError(f"refusing to point {ref} at {image_id}: {self.location} lacks {missing[0]}"
                                 f"{f' and {len(missing) - 1} more objects' if len(missing) > 1 else ''}")
         self._prepare_write()
-        self.backend.put(self.ref_key(ref), f"{image_id}\n".encode(), overwrite=True)
+        self.backend.put(self.ref_key(ref), ref_body(image_id), overwrite=True)
 
     def list_refs(self, pattern=None):
         """(image_id, Ref) for every ref, sorted by name:tag; pattern is a glob on name:tag."""

@@ -7,6 +7,7 @@ exact point: run a gc, run a push, kill -9 a gc), on every backend alike.
 """
 
 import fcntl
+import hashlib
 import json
 import os
 import signal
@@ -266,6 +267,22 @@ def test_list_on_s3_reads_each_ref_content_once(server, d20, unique, monkeypatch
     backend = _CountingRefReads(open_backend(remote.url))
     list_tags(Repository(backend, create=False))
     assert len(backend.ref_reads) == 2, backend.ref_reads
+
+    # A tag per image, as a build per tag makes: past ETAG_LOOKUP_MIN distinct etags one
+    # listing of the image records names them all; a ref written otherwise (CRLF) is read.
+    record = json.loads(remote.get(f"images/sha256/{app1[7:]}.json"))
+    distinct = {}
+    for i in range(20):
+        fake = "sha256:" + hashlib.sha256(f"{unique}-{i}".encode()).hexdigest()
+        remote.put(f"images/sha256/{fake[7:]}.json",
+                   json.dumps(dict(record, id=fake, config=dict(record["config"], digest=fake))).encode())
+        remote.put(ref_key(f"t{unique}/build:{i}"), f"{fake}\n".encode())
+        distinct[f"t{unique}/build:{i}"] = fake
+    remote.put(ref_key(f"t{unique}/build:crlf"), f"{app2}\r\n".encode())
+    backend = _CountingRefReads(open_backend(remote.url))
+    rows = list_tags(Repository(backend, create=False), [f"t{unique}/build:*"])
+    assert {str(r.ref): r.image_id for r in rows} == dict(distinct, **{f"t{unique}/build:crlf": app2})
+    assert backend.ref_reads == [ref_key(f"t{unique}/build:crlf")]
 
 def test_tag_and_untag_round_trip_and_retention_keeps_the_newest(remote, d20, unique, monkeypatch):
     images(d20, unique)
