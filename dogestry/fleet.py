@@ -6,8 +6,8 @@ thread per engine, over one shared view of the repository:
 
 - image records and configs are read once and handed to every engine;
 - a layer that more than one engine needs is fetched once from the remote, verified, into
-  a spool file in the temp dir, and each engine's load streams from that spool (verified
-  again as it is read back); a background fetcher fills the spools in load order, so the
+  a spool file in the temp dir, and each engine's load streams from that spool (its last
+  chunk held until the fetch has verified the whole layer); a background fetcher fills the spools in load order, so the
   engines' loads overlap the remote reads of the layers after the current one;
 - a layer only one engine needs streams straight from the remote, as a plain pull does.
 
@@ -25,14 +25,12 @@ others go on. Layer 3: it never prints; the pull command reports the HostResults
 """
 
 import copy
-import hashlib
 import os
 import shutil
 import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-from .digests import of_hash
 from .errors import CorruptObject, DogestryError
 from .layerstore import CHUNK, hold_last
 from .pullthrough import pull_through_server
@@ -229,7 +227,7 @@ class SharedLayers:
                 return
             if self._claim(desc):  # asked before the fetcher got to it: fetch it beside this load
                 threading.Thread(target=self._fill, args=(desc,), name="dogestry-fetch", daemon=True).start()
-            yield from _verified(self._follow(desc), desc)
+            yield from _whole(self._follow(desc), desc)
         finally:
             self._done(diff_id)
 
@@ -341,10 +339,17 @@ class SharedLayers:
         shutil.rmtree(self._dir, ignore_errors=True)
 
 
-def _verified(chunks, desc):
-    """A spool's bytes, checked against the layer's diffID and size before the last chunk."""
+def _whole(chunks, desc):
+    """A spool's bytes for one engine, its last chunk held back until the spool is whole.
+
+    _follow ends only once the fetcher has marked the layer ready, which it does after
+    repo.layer_chunks verified every byte from the remote against the stored digest and
+    the diffID (holding back its own last chunk until then). So the last chunk goes to the
+    engine only after that verification, and only when the count is the layer's size.
+    Hashing the spool again for every engine cost a core-second per GB each, on the CPU
+    the engines' loads compete for: the spool is a private file we just wrote.
+    """
     where = f"the spooled copy of layer {desc.diff_id}"
-    digest = hashlib.sha256()
     counted = {"size": 0}
 
     def read():
@@ -352,14 +357,13 @@ def _verified(chunks, desc):
             counted["size"] += len(data)
             if counted["size"] > desc.uncompressed_size:
                 raise CorruptObject(f"{where} is corrupt: larger than the layer")
-            digest.update(data)
             yield data
 
-    def verify():
-        if counted["size"] != desc.uncompressed_size or of_hash(digest) != desc.diff_id:
-            raise CorruptObject(f"{where} is corrupt: its content does not match the diffID")
+    def complete():
+        if counted["size"] != desc.uncompressed_size:
+            raise CorruptObject(f"{where} is corrupt: {counted['size']} of {desc.uncompressed_size} bytes")
 
-    return hold_last(read(), verify)
+    return hold_last(read(), complete)
 
 
 def _unlink(path):
