@@ -36,7 +36,9 @@ class Context:
         if self._engine is None:
             from .engine import Engine  # not imported by commands that never use one (help)
 
-            self._engine = Engine(self.docker_host)
+            from .backends.retry import stall_timeout
+
+            self._engine = Engine(self.docker_host, stall=stall_timeout(self.config))
         return self._engine
 
     def for_engine(self, host):

@@ -65,12 +65,18 @@ def _connection_errors():
     return (OSError, _http().HTTPException)
 
 
-def _unix_connection(path):
+# Bytes a second the slowest engine we wait for exports layers (before a save sends its
+# first byte) or registers them (after a load's body, the containerd store says nothing).
+ENGINE_RATE = 10 << 20
+
+
+def _unix_connection(path, timeout):
     http_client = _http()
 
     class UnixConnection(http_client.HTTPConnection):
         def connect(self):
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(timeout)
             try:
                 sock.connect(path)
             except OSError:
@@ -78,7 +84,7 @@ def _unix_connection(path):
                 raise
             self.sock = sock
 
-    return UnixConnection("localhost")
+    return UnixConnection("localhost", timeout=timeout)
 
 
 def _tls_context(environ):
@@ -159,22 +165,35 @@ class _SaveStream:
 
 
 class Engine:
-    def __init__(self, host, environ=None):
+    def __init__(self, host, environ=None, stall=None):
         self.host = host or DEFAULT_HOST
         self._environ = os.environ if environ is None else environ
         self._info = None
+        self._stall = stall  # seconds; None: DOGESTRY_STALL_TIMEOUT or its default
         self._local = threading.local()  # .slot: this thread's kept-alive connection
 
     # -- HTTP ---------------------------------------------------------------------------
-    def _connect(self):
-        """A new (not yet connected) connection to the engine; http.client connects on the first request."""
+    def stall_timeout(self):
+        """Seconds an engine may leave a request without an answer (the stall timeout, as
+        for remotes): an engine that accepts and never answers must not hang us."""
+        if self._stall is None:
+            from .backends.retry import stall_timeout
+
+            self._stall = stall_timeout(None, self._environ)
+        return self._stall
+
+    def _connect(self, timeout=None):
+        """A new (not yet connected) connection to the engine; http.client connects on the
+        first request. Every wait on it (connect, send, each read) gives up after timeout
+        seconds (default the stall timeout) with an error naming the engine."""
         http_client = _http()
+        timeout = timeout or self.stall_timeout()
         url = _split(self.host)
         if url.scheme in ("unix", "http+unix"):
             path = self.host.split("://", 1)[1]
             if not path:
                 raise EngineError(f"Docker engine URL {self.host} names no socket")
-            return _unix_connection(path)
+            return _unix_connection(path, timeout)
         if url.scheme in ("tcp", "http", "https"):
             try:
                 hostname, port = url.hostname, url.port
@@ -188,8 +207,8 @@ class Engine:
 
                 context = ssl.create_default_context()
             if context is not None:
-                return http_client.HTTPSConnection(hostname, port or 2376, context=context)
-            return http_client.HTTPConnection(hostname, port or 2375)
+                return http_client.HTTPSConnection(hostname, port or 2376, context=context, timeout=timeout)
+            return http_client.HTTPConnection(hostname, port or 2375, timeout=timeout)
         raise EngineError(f"Docker engine URL {self.host}: dogestry speaks {SCHEMES} only")
 
     def _slot(self):
@@ -201,16 +220,20 @@ class Engine:
     def _failed(self, err):
         if isinstance(err, (FileNotFoundError, ConnectionRefusedError, socket.gaierror)):
             return _unreachable(self.host)
+        if isinstance(err, TimeoutError):
+            return EngineError(f"Docker engine at {self.host}: no answer in {self.stall_timeout():.0f} s "
+                               "(DOGESTRY_STALL_TIMEOUT, [dogestry] stall-timeout)")
         return EngineError(f"Docker engine at {self.host}: {_one_line(repr(err) if not str(err) else err)}")
 
-    def _request(self, method, path, params=None, slot=None):
+    def _request(self, method, path, params=None, slot=None, timeout=None):
         """Send one request with no body; return (connection, response). With a slot, on
         its kept-alive connection (the caller reads the answer whole); without, on a
-        connection of its own (a stream; the caller closes it)."""
+        connection of its own (a stream; the caller closes it), whose waits give up after
+        timeout seconds (default the stall timeout)."""
         if params:
             path += "?" + urlencode(params, doseq=True)
         reused = slot is not None and slot.conn is not None
-        conn = slot.conn if reused else self._connect()
+        conn = slot.conn if reused else self._connect(timeout)
         if slot is not None:
             slot.conn = conn
         try:
@@ -376,9 +399,13 @@ class Engine:
             cache.save(keep=ids)
         return {c for i in ids for c in cache.entries.get(i, ())}
 
-    def save(self, names):
-        """A binary stream (read(n), close()) of `docker save names...`."""
-        conn, response = self._request("GET", "/images/get", {"names": list(names)})
+    def save(self, names, size=0):
+        """A binary stream (read(n), close()) of `docker save names...`, images of about
+        `size` bytes in all. A graphdriver engine exports every layer to a directory of its
+        own before it sends a byte, so its silence may last as long as that export: the
+        stall timeout plus a second per ENGINE_RATE bytes."""
+        timeout = self.stall_timeout() + size / ENGINE_RATE
+        conn, response = self._request("GET", "/images/get", {"names": list(names)}, timeout=timeout)
         try:
             self._check(response)
         except _ApiError as err:
@@ -420,6 +447,7 @@ class Engine:
         except _connection_errors() as err:
             raise self._failed(err) from None
         sock = conn.sock
+        sent = 0
         try:
             batch, size = [], 0
             for chunk in chunks:
@@ -428,8 +456,14 @@ class Engine:
                     size += len(chunk)
                     if size >= SEND_BATCH or len(batch) >= SEND_PARTS:
                         _send_parts(sock, batch)
+                        sent += size
                         batch, size = [], 0
             _send_parts(sock, batch + [b"0\r\n\r\n"])
+            sent += size
+            # The engine has the whole body and now registers it: a graphdriver engine
+            # reports progress as it goes, the containerd store nothing until it is done,
+            # so the wait for its answer grows with what it was given.
+            sock.settimeout(self.stall_timeout() + sent / ENGINE_RATE)
         except OSError as err:
             # The engine stopped reading: its answer says why, if it gave one.
             try:

@@ -211,7 +211,8 @@ def _sizes_of_present_layers(repo, found_images):
 def _export(ctx, repo, save_names, found_images, counts):
     """One `docker save` of save_names into repo (twice if a size bet was lost)."""
     likely_present = _sizes_of_present_layers(repo, found_images)
-    stream = ctx.engine.save(save_names)
+    size = sum(found.size for found in found_images)
+    stream = ctx.engine.save(save_names, size)
     try:
         saved = store_save_stream(ctx, repo, stream, counts, likely_present)
     finally:
@@ -220,7 +221,7 @@ def _export(ctx, repo, save_names, found_images, counts):
     if missed:
         # A size matched but the content was new: export once more and store just those
         # entries (v1 layer paths are deterministic, so they name the same layers).
-        stream = ctx.engine.save(save_names)
+        stream = ctx.engine.save(save_names, size)
         try:
             again = store_save_stream(ctx, repo, stream, counts, only_paths=missed)
         finally:

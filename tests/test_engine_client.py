@@ -127,6 +127,32 @@ def test_schemes_we_do_not_speak(host, tmp_path):
     assert "speaks unix://" in one_line_exit_1(host, "push", str(tmp_path / "repo"), NAME)
 
 
+@pytest.mark.parametrize("command", ["push", "pull"])
+def test_an_engine_that_accepts_and_never_answers_is_given_up_on(tmp_path, command):
+    """Connections are accepted and never answered: every wait on the engine is bounded by
+    DOGESTRY_STALL_TIMEOUT, as every wait on a remote is."""
+    path = str(tmp_path / "silent.sock")
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(path)
+    listener.listen(16)  # the kernel completes connections; nobody ever reads them
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    if command == "pull":  # a repository that holds the image, so the engine is asked
+        from test_adversary import _layer, _load_tar
+
+        tar = tmp_path / "image.tar"
+        tar.write_bytes(_load_tar([_layer([("f", "file", b"silent")])], NAME, []))
+        records = dogestry("save-to-repo", "--input", str(tar), str(repo)).stdout
+        dogestry("update-ref", "--stdin", str(repo), input=records)
+    try:
+        started = time.monotonic()
+        line = one_line_exit_1(f"unix://{path}", command, str(repo), NAME,
+                               env=dict(os.environ, DOGESTRY_STALL_TIMEOUT="2"))
+        assert "no answer in 2 s" in line and time.monotonic() - started < 20
+    finally:
+        listener.close()
+
+
 @pytest.mark.parametrize("host,says", [
     ("http://[::1", "is not a URL"), ("tcp://[::1", "is not a URL"), ("tcp://a b:2375", "names no host"),
     ("tcp://[::1]:99999", "names no host"), ("tcp://:2375", "names no host"), ("unix://", "names no socket"),
