@@ -458,8 +458,9 @@ def test_push_waits_for_a_gc_that_chose_its_objects_then_stores_them_again(remot
         assert not remote.keys(ref_key(f"t{unique}/app:1"))
     finally:
         code, report, stderr = gc.finish()
+    # The gc deleted them all; the push, polling every GC_POLL, may already be storing them
+    # again, so what proves the deletes is the report here and the push's own words below.
     assert code == 0 and report.startswith(f"removed {len(needed)} object(s)"), (report, stderr)
-    assert not needed & remote.keys()
     stdout, stderr = push.communicate(timeout=120)
     assert push.returncode == 0, stderr.decode()
     assert stdout.decode().split() == [app1, f"t{unique}/app:1"]
