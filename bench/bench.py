@@ -663,14 +663,17 @@ class Bench:
 
     def p13(self, tags=1000):
         url = self.s3_seed("list/", tags)
+        self.time_list("P13", f"`dogestry list` of {tags} tags on SeaweedFS", url, "bench/many", tags)
+
+    def time_list(self, case, what, url, name, tags):
+        """Check `dogestry list` shows the seeded tags of name, then time it."""
         out = sh(self.dog(f"list '{url}'"), env=self.s3_env)
-        count = sum(1 for line in out.splitlines() if "bench/many" in line)
+        count = sum(1 for line in out.splitlines() if name in line)
         if count != tags:
-            raise SystemExit(f"bench: P13 seeded {tags} tags but `dogestry list` shows {count}")
+            raise SystemExit(f"bench: {case} seeded {tags} tags but `dogestry list` shows {count}")
         t = [timed(self.dog(f"list '{url}'"), env=self.s3_env)[0] for _ in range(self.args.runs)]
         m = statistics.median(t)
-        self.ops_row("P13", f"`dogestry list` of {tags} tags on SeaweedFS", f"{m:.2f} s", "—", "—", "< 3 s",
-                     "yes" if m < 3 else "no", f"runs {self.args.runs}")
+        self.ops_row(case, what, f"{m:.2f} s", "—", "—", "< 3 s", "yes" if m < 3 else "no", f"runs {self.args.runs}")
 
     def p13d(self, tags=1000):
         """list of 1,000 tags of 1,000 images (a tag per build): each tag its own image record
@@ -687,14 +690,8 @@ class Bench:
                 dict(record, id=fake, config=dict(record["config"], digest=fake)), indent=1, sort_keys=True) + "\n").encode()
             objects[f"{tags_dir}{n}"] = f"{fake}\n".encode()
         self.s3_put_many(s3, objects)
-        out = sh(self.dog(f"list '{url}'"), env=self.s3_env)
-        count = sum(1 for line in out.splitlines() if "bench/distinct" in line)
-        if count != tags:
-            raise SystemExit(f"bench: P13d seeded {tags} tags but `dogestry list` shows {count}")
-        t = [timed(self.dog(f"list '{url}'"), env=self.s3_env)[0] for _ in range(self.args.runs)]
-        m = statistics.median(t)
-        self.ops_row("P13d", f"`dogestry list` of {tags} tags of {tags} images on SeaweedFS", f"{m:.2f} s", "—", "—",
-                     "< 3 s", "yes" if m < 3 else "no", f"runs {self.args.runs}")
+        self.time_list("P13d", f"`dogestry list` of {tags} tags of {tags} images on SeaweedFS", url, "bench/distinct",
+                       tags)
 
     def p14(self):
         """verify of the full local repository against lz4 -dc | sha256sum over its layer files."""
