@@ -1,0 +1,491 @@
+"""Hostile servers and hostile repositories, through bin/dogestry as a user meets them.
+
+A small threaded S3 server written here (path-style, no signature check, objects in a dict)
+serves a real repository (saved by the real CLI from a docker-save tar) and misbehaves on
+cue: listings that never end or are not S3's, keys no writer makes, bodies longer, shorter
+or slower than they should be, answers that are errors forever, redirects to other hosts,
+writes answered 200 that keep nothing or other bytes. The rule for every case: one line on
+stderr starting `dogestry: ` (notices of retries before it are lines of that form too),
+exit 1 (2 for usage), never `internal error`, never a hang beyond the stall timeout, never
+unbounded memory, and nothing half-written: a failed push publishes no ref.
+RELIABILITY.md (*Hostile servers*) lists the cases.
+"""
+
+import hashlib
+import http.server
+import json
+import os
+import shutil
+import socket
+import socketserver
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from urllib.parse import parse_qs, unquote, urlsplit
+from xml.sax.saxutils import escape
+
+import pytest
+
+from conftest import BIN, ROOT
+from test_fuzz import SEEDS
+
+STALL = 3  # DOGESTRY_STALL_TIMEOUT: every network case must end within a few times this
+ENV = dict(os.environ, AWS_ACCESS_KEY_ID="AKIAHOSTILE", AWS_SECRET_ACCESS_KEY="hostilesecret0123",
+           DOGESTRY_STALL_TIMEOUT=str(STALL))
+for _var in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_SESSION_TOKEN"):
+    ENV.pop(_var, None)
+
+# Runs bin/dogestry and writes its peak RSS (VmHWM, kB) to the file named by the environment,
+# so a case can bound memory without trusting the dogestry process to say it.
+PEAK = """
+import os, runpy, sys
+sys.argv = [{bin!r}] + sys.argv[1:]
+try:
+    runpy.run_path({bin!r}, run_name="__main__")
+finally:
+    with open("/proc/self/status") as f:
+        peak = [line.split()[1] for line in f if line.startswith("VmHWM")][0]
+    with open(os.environ["PEAK_FILE"], "w") as out:
+        out.write(peak)
+""".format(bin=BIN)
+
+
+def run(*args, env=None, input=b"", limit=60, peak=None):
+    """bin/dogestry with a time limit: a hang is this suite's failure, not CI's."""
+    env = dict(ENV, **(env or {}))
+    cmd = [sys.executable, BIN, *args]
+    if peak is not None:
+        env["PEAK_FILE"] = str(peak)
+        cmd = [sys.executable, "-c", PEAK, *args]
+    started = time.monotonic()
+    try:
+        proc = subprocess.run(cmd, capture_output=True, env=env, input=input, timeout=limit)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"dogestry {' '.join(args)[:200]} still ran after {limit} s") from None
+    proc.seconds = time.monotonic() - started
+    return proc
+
+
+def one_line_error(proc, status=1, within=None):
+    """The error line of a failed run; earlier lines may only be `dogestry: ` notices."""
+    err = proc.stderr.decode("utf-8", "replace")
+    assert proc.returncode == status, (proc.returncode, err[-2000:])
+    assert "internal error" not in err and "Traceback" not in err, err[-2000:]
+    lines = err.splitlines()
+    assert lines and all(line.startswith("dogestry: ") for line in lines), err[-2000:]
+    assert len(lines[-1]) < 1000, f"a {len(lines[-1])}-character error"
+    assert "hostilesecret" not in err + proc.stdout.decode("utf-8", "replace")
+    if within is not None:
+        assert proc.seconds < within, f"took {proc.seconds:.1f} s: {err[-500:]}"
+    return lines[-1]
+
+
+# -- a hostile S3 server ---------------------------------------------------------------
+
+class FakeS3:
+    """Just enough S3 to hold a repository. `fault(server, handler, method, key, query, body)`
+    sees every request first and answers it itself by returning True."""
+
+    def __init__(self, objects=(), bucket="bkt"):
+        self.bucket, self.objects, self.uploads = bucket, dict(objects), {}
+        self.fault = None
+        self.requests = []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                outer._handle(self, "GET")
+
+            do_HEAD = lambda self: outer._handle(self, "HEAD")  # noqa: E731
+            do_PUT = lambda self: outer._handle(self, "PUT")  # noqa: E731
+            do_POST = lambda self: outer._handle(self, "POST")  # noqa: E731
+            do_DELETE = lambda self: outer._handle(self, "DELETE")  # noqa: E731
+
+        class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
+            daemon_threads = True
+
+            def handle_error(self, request, address):
+                pass  # a client that hangs up on a trickle is part of the test
+
+        self.server = Server(("127.0.0.1", 0), Handler)
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.url = f"s3://{bucket}/pre/?endpoint={self.endpoint}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+    @staticmethod
+    def send(h, status, body=b"", headers=(), length=None, ctype="application/xml"):
+        h.send_response(status)
+        h.send_header("Content-Type", ctype)
+        h.send_header("Content-Length", str(len(body) if length is None else length))
+        for name, value in headers:
+            h.send_header(name, value)
+        h.end_headers()
+        if h.command != "HEAD":
+            h.wfile.write(body)
+        h.wfile.flush()
+
+    def error(self, h, status, code):
+        self.send(h, status, f"<?xml version='1.0'?><Error><Code>{code}</Code><Message>no</Message></Error>".encode())
+
+    def _handle(self, h, method):
+        parts = urlsplit(h.path)
+        query = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
+        bucket, _, key = unquote(parts.path).lstrip("/").partition("/")
+        body = h.rfile.read(int(h.headers.get("Content-Length") or 0)) if method in ("PUT", "POST") else b""
+        self.requests.append((method, key))
+        if self.fault and self.fault(self, h, method, key, query, body):
+            return
+        if bucket != self.bucket:
+            return self.error(h, 404, "NoSuchBucket")
+        if not key:
+            if "uploads" in query:
+                return self.send(h, 200, b"<ListMultipartUploadsResult><IsTruncated>false</IsTruncated>"
+                                         b"</ListMultipartUploadsResult>")
+            prefix = query.get("prefix", "")
+            return self.send(h, 200, self.listing(sorted(k for k in self.objects if k.startswith(prefix))))
+        if method in ("GET", "HEAD"):
+            if key not in self.objects:
+                return self.send(h, 404) if method == "HEAD" else self.error(h, 404, "NoSuchKey")
+            data = self.objects[key]
+            if method == "GET" and h.headers.get("Range"):
+                first, last = (int(x) for x in h.headers["Range"].split("=")[1].split("-"))
+                last = min(last, len(data) - 1)
+                return self.send(h, 206, data[first:last + 1], ctype="application/octet-stream",
+                                 headers=[("Content-Range", f"bytes {first}-{last}/{len(data)}")])
+            return self.send(h, 200, data, ctype="application/octet-stream",
+                             headers=[("ETag", f'"{hashlib.md5(data).hexdigest()}"')])
+        if method == "PUT" and "uploadId" in query:
+            self.uploads[query["uploadId"]][int(query["partNumber"])] = body
+            return self.send(h, 200, headers=[("ETag", f'"{hashlib.md5(body).hexdigest()}"')])
+        if method == "PUT":
+            if h.headers.get("If-None-Match") == "*" and key in self.objects:
+                return self.error(h, 412, "PreconditionFailed")
+            self.objects[key] = body
+            return self.send(h, 200, headers=[("ETag", f'"{hashlib.md5(body).hexdigest()}"')])
+        if method == "POST" and "uploads" in query:
+            upload = uuid.uuid4().hex
+            self.uploads[upload] = {}
+            return self.send(h, 200, f"<InitiateMultipartUploadResult><Key>{escape(key)}</Key>"
+                                     f"<UploadId>{upload}</UploadId></InitiateMultipartUploadResult>".encode())
+        if method == "POST" and "uploadId" in query:
+            parts_ = self.uploads.pop(query["uploadId"])
+            if h.headers.get("If-None-Match") == "*" and key in self.objects:
+                return self.error(h, 412, "PreconditionFailed")
+            self.objects[key] = b"".join(parts_[n] for n in sorted(parts_))
+            return self.send(h, 200, b"<CompleteMultipartUploadResult><ETag>\"x-1\"</ETag>"
+                                     b"</CompleteMultipartUploadResult>")
+        if method == "DELETE":
+            self.objects.pop(key, None)
+            return self.send(h, 204)
+        return self.error(h, 400, "InvalidRequest")
+
+    def listing(self, keys, truncated=False, token=None, size=None):
+        items = "".join(f"<Contents><Key>{escape(k)}</Key><LastModified>2024-01-01T00:00:00.000Z</LastModified>"
+                        f"<Size>{len(self.objects.get(k, b'')) if size is None else size}</Size></Contents>"
+                        for k in keys)
+        more = f"<NextContinuationToken>{escape(token)}</NextContinuationToken>" if token else ""
+        return (f"<?xml version='1.0' encoding='UTF-8'?><ListBucketResult><Name>{self.bucket}</Name>"
+                f"<IsTruncated>{'true' if truncated else 'false'}</IsTruncated>{more}{items}"
+                "</ListBucketResult>").encode("utf-8", "surrogateescape")
+
+
+@pytest.fixture(scope="module")
+def seed_objects(tmp_path_factory):
+    """The keys of a real repository (one image, ref app:1) as the fake serves them."""
+    root = tmp_path_factory.mktemp("seed") / "repo"
+    saved = run("save-to-repo", "--input", "-", str(root), input=SEEDS["docker-v1"])
+    assert saved.returncode == 0, saved.stderr
+    image_id = saved.stdout.split()[0].decode()
+    assert run("update-ref", str(root), "app:1", image_id).returncode == 0
+    objects = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        for name in filenames:
+            full = os.path.join(dirpath, name)
+            with open(full, "rb") as f:
+                objects["pre/" + os.path.relpath(full, root)] = f.read()
+    return objects
+
+
+@pytest.fixture
+def s3(seed_objects):
+    server = FakeS3(seed_objects)
+    yield server
+    server.close()
+
+
+def _is_ref(key):
+    return "/repositories/" in key
+
+
+def _is_layer(key):
+    return "/layers/" in key and not key.endswith(".json")
+
+
+def test_the_fake_serves_a_repository_the_cli_reads_whole(s3):
+    assert run("show-ref", s3.url).stdout.decode().endswith(" app:1\n")
+    assert run("verify", s3.url).returncode == 0
+    tar = run("build-load-tar", s3.url, "app:1")
+    assert tar.returncode == 0 and b"manifest.json" in tar.stdout
+
+
+# -- listings ---------------------------------------------------------------------------
+
+def _listing_fault(make_page):
+    """A fault answering every ListObjectsV2 with make_page(server, prefix, continuation token)."""
+    def fault(server, h, method, key, query, body):
+        if method == "GET" and not key and "uploads" not in query:
+            server.send(h, 200, make_page(server, query.get("prefix", ""), query.get("continuation-token", "")))
+            return True
+    return fault
+
+
+def _first_keys(server, prefix):
+    return sorted(k for k in server.objects if k.startswith(prefix))[:3]
+
+
+ENDLESS = {
+    # IsTruncated true for ever, with the same token
+    "same-token": lambda s, p, t: s.listing(_first_keys(s, p), True, "again"),
+    # tokens a, b, a, b, ...
+    "cycling-tokens": lambda s, p, t: s.listing(_first_keys(s, p), True, {"": "a", "a": "b", "b": "a"}[t]),
+    # a new token each time, the same page each time
+    "counting-tokens": lambda s, p, t: s.listing(_first_keys(s, p), True, str(int(t or 0) + 1)),
+    # truncated, no token at all
+    "no-token": lambda s, p, t: s.listing(_first_keys(s, p), True, None),
+    # empty pages for ever
+    "empty-pages": lambda s, p, t: s.listing([], True, str(int(t or 0) + 1)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ENDLESS))
+def test_a_listing_that_never_ends_is_one_error(s3, case):
+    s3.fault = _listing_fault(ENDLESS[case])
+    for args in (["show-ref", s3.url], ["gc", "--dry-run", s3.url], ["tag", s3.url, "app:1", "app:2"]):
+        line = one_line_error(run(*args), within=30)
+        assert s3.endpoint in line and ("does not end" in line or "continuation" in line), (args, line)
+    assert not any(k.endswith("_tags/2") for k in s3.objects)
+
+
+def _with_extra_keys(extra):
+    def page(server, prefix, token):
+        return server.listing(sorted(k for k in server.objects if k.startswith(prefix)) + [e for e in extra])
+    return page
+
+
+def test_listed_keys_no_writer_makes_are_ignored_and_never_deleted(s3):
+    """Keys with `..`, `/` runs, a leading `/`, a dot-name, outside the prefix or 2000 bytes
+    long: not repository objects, so no reader shows them and gc never touches them."""
+    odd = ["pre/repositories/../../etc/_tags/x", "pre/repositories//app///_tags/2", "pre//images/sha256/x.json",
+           "/abs/key", "elsewhere/repositories/app/_tags/9", "pre/repositories/app/_tags/.hidden",
+           "pre/repositories/app/_tags/" + "a" * 2000, "pre/layers/sha256/a b%20.json"]
+    s3.fault = _listing_fault(_with_extra_keys(odd))
+    shown = run("show-ref", s3.url)
+    assert shown.returncode == 0 and shown.stdout.decode().splitlines() == [shown.stdout.decode().split()[0] + " app:1"]
+    assert run("list", s3.url).returncode == 0
+    assert run("gc", "--dry-run", "--grace", "0", s3.url).stdout.startswith(b"would remove 0 object(s)")
+    assert run("gc", "--grace", "0", s3.url).returncode == 0
+    assert not any(method == "DELETE" and not key.startswith("pre/leases/") for method, key in s3.requests)
+
+
+NOT_S3 = {
+    "size-not-a-number": b"<ListBucketResult><IsTruncated>false</IsTruncated><Contents>"
+                         b"<Key>pre/repositories/app/_tags/1</Key><Size>abc</Size></Contents></ListBucketResult>",
+    "negative-size": b"<ListBucketResult><IsTruncated>false</IsTruncated><Contents>"
+                     b"<Key>pre/repositories/app/_tags/1</Key><Size>-5</Size></Contents></ListBucketResult>",
+    "malformed-xml": b"<ListBucketResult><Contents><Key>pre/x",
+    "not-utf-8": b"<ListBucketResult><IsTruncated>false</IsTruncated><Contents><Key>pre/repositories/app/_tags/\xff"
+                 b"</Key><Size>1</Size></Contents></ListBucketResult>",
+    "billion-laughs": b'<?xml version="1.0"?><!DOCTYPE l [<!ENTITY a "aaaaaaaaaa">'
+                      + b"".join(b'<!ENTITY %c "%s">' % (98 + i, (b"&%c;" % (97 + i)) * 10) for i in range(8))
+                      + b"]><ListBucketResult><Name>&i;</Name><IsTruncated>false</IsTruncated></ListBucketResult>",
+}
+
+
+@pytest.mark.parametrize("case", sorted(NOT_S3))
+def test_a_listing_that_is_not_s3s_is_one_error(s3, case):
+    s3.fault = _listing_fault(lambda s, p, t: NOT_S3[case])
+    one_line_error(run("show-ref", s3.url), within=6 * STALL)
+    one_line_error(run("gc", "--dry-run", s3.url), within=6 * STALL)
+
+
+# -- reads ------------------------------------------------------------------------------
+
+def _body_fault(which, answer):
+    def fault(server, h, method, key, query, body):
+        if method == "GET" and key in server.objects and which(key):
+            answer(server, h, server.objects[key])
+            h.close_connection = True
+            return True
+    return fault
+
+
+def _gigabyte(chunked):
+    def answer(server, h, data):
+        h.send_response(200)
+        if chunked:
+            h.send_header("Transfer-Encoding", "chunked")
+        else:
+            h.send_header("Content-Length", str(1 << 30))
+        h.end_headers()
+        chunk = b"0" * (1 << 20)
+        try:
+            for _ in range(1024):
+                h.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk)
+            if chunked:
+                h.wfile.write(b"0\r\n\r\n")
+        except OSError:
+            pass  # the client stopped reading: what it should do
+    return answer
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_a_one_gigabyte_ref_is_refused_unread(s3, tmp_path, chunked):
+    s3.fault = _body_fault(_is_ref, _gigabyte(chunked))
+    for args in (["resolve-ref", s3.url, "app:1"], ["show-ref", s3.url]):
+        peak = tmp_path / "peak"
+        line = one_line_error(run(*args, peak=peak), within=20)
+        assert "repositories/app/_tags/1" in line and "larger than" in line, line
+        assert int(peak.read_text()) < 200 * 1024, f"peak RSS {peak.read_text()} kB"
+
+
+def _wrong_length(delta):
+    def answer(server, h, data):
+        h.send_response(200)
+        h.send_header("Content-Length", str(max(0, len(data) + delta)))
+        h.end_headers()
+        h.wfile.write(data if delta < 0 else data[:len(data) // 2])
+    return answer
+
+
+def _html(server, h, data):
+    server.send(h, 200, b"<html><body>Please sign in</body></html>", ctype="text/html")
+
+
+def _trickle(server, h, data):
+    h.send_response(200)
+    h.send_header("Content-Length", str(len(data)))
+    h.end_headers()
+    try:
+        for i in range(len(data)):
+            h.wfile.write(data[i:i + 1])
+            h.wfile.flush()
+            time.sleep(1)
+    except OSError:
+        pass
+
+
+READS = {"longer-than-said": _wrong_length(-5), "shorter-than-said": _wrong_length(+100),
+         "html-page": _html, "a-byte-a-second": _trickle}
+
+
+@pytest.mark.parametrize("case", sorted(READS))
+@pytest.mark.parametrize("what", ["ref", "layer"])
+def test_a_body_that_is_not_the_object_is_one_error(s3, case, what):
+    s3.fault = _body_fault(_is_ref if what == "ref" else _is_layer, READS[case])
+    proc = run("resolve-ref", s3.url, "app:1") if what == "ref" else run("build-load-tar", s3.url, "app:1")
+    line = one_line_error(proc, within=5 * STALL)
+    assert ("repositories/app/_tags/1" if what == "ref" else "layers/sha256/") in line or "app:1" in line, line
+
+
+def _status_fault(status, code, methods=("GET", "HEAD", "PUT", "POST", "DELETE")):
+    def fault(server, h, method, key, query, body):
+        if method in methods:
+            server.error(h, status, code)
+            return True
+    return fault
+
+
+@pytest.mark.parametrize("status,code", [(500, "InternalError"), (503, "SlowDown")])
+def test_errors_for_ever_end_within_the_retry_budget(s3, status, code):
+    s3.fault = _status_fault(status, code)
+    for args in (["show-ref", s3.url], ["resolve-ref", s3.url, "app:1"], ["tag", s3.url, "app:1", "app:2"]):
+        line = one_line_error(run(*args), within=4 * STALL)
+        assert code in line and s3.endpoint in line, line
+    assert len(s3.requests) < 60, f"{len(s3.requests)} requests for three commands"
+
+
+def test_a_redirect_to_another_host_is_not_followed(s3):
+    other = FakeS3({})
+    try:
+        def fault(server, h, method, key, query, body):
+            server.send(h, 301, b"", headers=[("Location", f"{other.endpoint}/bkt/{key}")])
+            return True
+        s3.fault = fault
+        for args in (["show-ref", s3.url], ["resolve-ref", s3.url, "app:1"]):
+            one_line_error(run(*args), within=4 * STALL)
+        assert other.requests == []
+    finally:
+        other.close()
+
+
+@pytest.mark.parametrize("size", [0, 10 ** 15, -5])
+def test_a_head_that_lies_about_a_layers_size(s3, size):
+    def fault(server, h, method, key, query, body):
+        if method == "HEAD" and _is_layer(key):
+            h.send_response(200)
+            h.send_header("Content-Length", str(size))
+            h.end_headers()
+            return True
+    s3.fault = fault
+    line = one_line_error(run("build-load-tar", s3.url, "app:1"), within=5 * STALL)
+    assert "layers/sha256/" in line or "layer sha256:" in line, line
+
+
+# -- writes -----------------------------------------------------------------------------
+
+def _keeps(which, stored):
+    """A fault answering a write of a matching key 200 while keeping `stored` (None: nothing)."""
+    def fault(server, h, method, key, query, body):
+        if which(key) and (method == "PUT" and "uploadId" not in query or method == "POST" and "uploadId" in query):
+            server.uploads.pop(query.get("uploadId"), None)
+            if stored is not None:
+                server.objects[key] = stored
+            server.send(h, 200, b"<CompleteMultipartUploadResult><ETag>\"x\"</ETag></CompleteMultipartUploadResult>",
+                        headers=[("ETag", '"0123"')])
+            return True
+    return fault
+
+
+LIES = {"layer": lambda k: _is_layer(k), "descriptor": lambda k: "/layers/" in k and k.endswith(".json"),
+        "config": lambda k: "/configs/" in k, "record": lambda k: "/images/" in k,
+        "marker": lambda k: k.endswith("/dogestry.json")}
+
+
+@pytest.fixture(scope="module")
+def tiny_image(request):
+    from conftest import ENGINES, TestEngine
+
+    if "d20" not in ENGINES:
+        pytest.fail("engine d20 is not configured: run the tests with scripts/test")
+    eng = TestEngine("d20", ENGINES["d20"])
+    name = f"hostile{uuid.uuid4().hex[:8]}:1"
+    eng.import_base(name, salt=name)
+    yield eng, name
+    eng.cleanup()
+
+
+@pytest.mark.parametrize("stored", [None, b"{}"], ids=["nothing", "other"])
+@pytest.mark.parametrize("what", sorted(LIES))
+def test_a_store_that_loses_writes_gets_no_ref(tiny_image, what, stored):
+    """PutObject answers 200 but keeps nothing, nothing at all, or other bytes: the push
+    must notice before it writes the ref, and say so in one line."""
+    eng, image = tiny_image
+    server = FakeS3()
+    try:
+        server.fault = _keeps(LIES[what], stored)
+        one_line_error(run("push", server.url, image, env={"DOCKER_HOST": eng.host}), within=30)
+        assert not any(_is_ref(k) for k in server.objects), sorted(server.objects)
+    finally:
+        server.close()
