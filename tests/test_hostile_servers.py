@@ -489,3 +489,150 @@ def test_a_store_that_loses_writes_gets_no_ref(tiny_image, what, stored):
         assert not any(_is_ref(k) for k in server.objects), sorted(server.objects)
     finally:
         server.close()
+
+
+# -- repositories written by other versions of dogestry -----------------------------------
+
+@pytest.fixture
+def local_repo(seed_objects, tmp_path):
+    """The seed repository as a directory: (root, image id, [layer hex, base first])."""
+    root = tmp_path / "repo"
+    for key, data in seed_objects.items():
+        path = root / key[len("pre/"):]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    image_id = (root / "repositories/app/_tags/1").read_text().strip()
+    record = json.loads((root / f"images/sha256/{image_id[7:]}.json").read_text())
+    return root, image_id, [layer["diff_id"][7:] for layer in record["layers"]]
+
+
+def _recode(root, image_id, hexid, codec, encode=None, record_too=True):
+    """Store layer hexid as another dogestry would: encoded by `encode` (None: bytes kept),
+    its descriptor (and the image record's copy) naming `codec`."""
+    import lz4.frame
+
+    desc_path = root / f"layers/sha256/{hexid}.json"
+    desc = json.loads(desc_path.read_text())
+    if encode is not None:
+        data = (root / f"layers/sha256/{hexid}").read_bytes()
+        tar = lz4.frame.decompress(data) if desc["codec"] == "lz4" else data
+        data = encode(tar)
+        (root / f"layers/sha256/{hexid}").write_bytes(data)
+        desc.update(digest="sha256:" + hashlib.sha256(data).hexdigest(), size=len(data))
+    desc["codec"] = codec
+    desc_path.write_text(json.dumps(desc))
+    if record_too:
+        record_path = root / f"images/sha256/{image_id[7:]}.json"
+        record = json.loads(record_path.read_text())
+        for layer in record["layers"]:
+            if layer["diff_id"] == desc["diff_id"]:
+                layer.update(desc)
+        record_path.write_text(json.dumps(record))
+
+
+def _gzip(data):
+    import gzip
+
+    return gzip.compress(data)
+
+
+def _xz(data):
+    import lzma
+
+    return lzma.compress(data)
+
+
+UNKNOWN_CODECS = {"zstd": ("zstd", None), "gzip": ("gzip", _gzip), "xz": ("xz", _xz), "empty": ("", None),
+                  "not-a-string": (3, None)}
+
+
+@pytest.mark.parametrize("case", sorted(UNKNOWN_CODECS))
+@pytest.mark.parametrize("which", [0, 1], ids=["base", "top"])
+def test_a_layer_in_a_codec_this_version_does_not_know(local_repo, case, which):
+    """Read what can be read (list, walk-ancestry, gc), refuse the rest with one line naming
+    the layer and the codec, never a traceback."""
+    root, image_id, hexes = local_repo
+    codec, encode = UNKNOWN_CODECS[case]
+    _recode(root, image_id, hexes[which], codec, encode)
+    if not isinstance(codec, str):
+        line = one_line_error(run("build-load-tar", str(root), "app:1"))
+        assert image_id[7:] in line or hexes[which] in line, line
+        return
+    assert run("list", str(root)).returncode == 0
+    assert run("walk-ancestry", str(root), "app:1").returncode == 0
+    assert run("gc", "--dry-run", str(root)).stdout.startswith(b"would remove 0 object(s)")
+    line = one_line_error(run("build-load-tar", str(root), "app:1"))
+    assert hexes[which] in line and f"codec {codec!r}" in line, line
+    verify = run("verify", str(root))
+    assert verify.returncode == 1 and hexes[which] in verify.stdout.decode(), verify.stdout
+
+
+def test_a_pull_of_an_image_with_an_unknown_codec_leaves_the_engine_as_it_was(local_repo, tiny_image):
+    eng, _ = tiny_image
+    root, image_id, hexes = local_repo
+    _recode(root, image_id, hexes[1], "gzip", _gzip)
+    before = sorted(image["Id"] for image in eng.api.images(all=True))
+    line = one_line_error(run("pull", str(root), "app:1", env={"DOCKER_HOST": eng.host}))
+    assert hexes[1] in line and "'gzip'" in line, line
+    assert sorted(image["Id"] for image in eng.api.images(all=True)) == before
+
+
+def test_mixed_codecs_in_one_image_read_whole(local_repo):
+    root, image_id, hexes = local_repo
+    _recode(root, image_id, hexes[0], "none", lambda tar: tar)
+    tar = run("build-load-tar", str(root), "app:1")
+    assert tar.returncode == 0, tar.stderr
+    assert run("verify", str(root)).returncode == 0
+
+
+def test_one_layer_described_in_two_codecs(local_repo):
+    """The record's copy says lz4, the descriptor (rewritten by another writer) says none and
+    the bytes are raw: the descriptor that describes the bytes wins, or one line; never a
+    half-read layer."""
+    root, image_id, hexes = local_repo
+    _recode(root, image_id, hexes[1], "none", lambda tar: tar, record_too=False)
+    tar = run("build-load-tar", str(root), "app:1")
+    if tar.returncode:
+        line = one_line_error(tar)
+        assert hexes[1] in line, line
+
+
+def test_an_image_record_with_fields_from_a_future_version(local_repo):
+    root, image_id, hexes = local_repo
+    record_path = root / f"images/sha256/{image_id[7:]}.json"
+    record = json.loads(record_path.read_text())
+    record["signatures"] = [{"keyid": "x", "sig": "y" * 100}]
+    record["platform"] = {"os": "linux", "architecture": "riscv64"}
+    for layer in record["layers"]:
+        layer["annotations"] = {"org.example": "1"}
+    record_path.write_text(json.dumps(record))
+    desc_path = root / f"layers/sha256/{hexes[0]}.json"
+    desc = json.loads(desc_path.read_text())
+    desc["zstd_chunked_toc"] = "sha256:" + "0" * 64
+    desc_path.write_text(json.dumps(desc))
+    assert run("build-load-tar", str(root), "app:1").returncode == 0
+    assert run("verify", str(root)).returncode == 0
+    assert run("list", str(root)).returncode == 0
+
+
+@pytest.mark.parametrize("ending", [b"\r\n", b"  \n", b"\n\n", b"\t", b""], ids=["crlf", "spaces", "two-newlines",
+                                                                               "tab", "none"])
+def test_refs_with_trailing_whitespace_another_writer_left(local_repo, ending):
+    root, image_id, _ = local_repo
+    (root / "repositories/app/_tags/1").write_bytes(image_id.encode() + ending)
+    resolved = run("resolve-ref", str(root), "app:1")
+    assert resolved.returncode == 0 and resolved.stdout.decode() == f"{image_id} app:1\n", resolved
+    assert run("build-load-tar", str(root), "app:1").returncode == 0
+
+
+def test_a_version_1_repository_reads_and_upgrades_on_write(local_repo):
+    root, image_id, _ = local_repo
+    (root / "dogestry.json").write_text(json.dumps({"format": "dogestry-repository", "version": 1}) + "\n")
+    shutil.rmtree(root / "repositories")
+    (root / "repositories/app").mkdir(parents=True)
+    (root / "repositories/app/1").write_text(image_id + "\r\n")
+    assert run("show-ref", str(root)).stdout.decode() == f"{image_id} app:1\n"
+    assert run("build-load-tar", str(root), "app:1").returncode == 0
+    assert run("tag", str(root), "app:1", "app:2").returncode == 0
+    assert json.loads((root / "dogestry.json").read_text())["version"] == 2
+    assert sorted(run("show-ref", str(root)).stdout.decode().splitlines()) == [f"{image_id} app:1", f"{image_id} app:2"]
