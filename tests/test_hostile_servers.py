@@ -636,3 +636,98 @@ def test_a_version_1_repository_reads_and_upgrades_on_write(local_repo):
     assert run("tag", str(root), "app:1", "app:2").returncode == 0
     assert json.loads((root / "dogestry.json").read_text())["version"] == 2
     assert sorted(run("show-ref", str(root)).stdout.decode().splitlines()) == [f"{image_id} app:1", f"{image_id} app:2"]
+
+
+# -- the process around dogestry ----------------------------------------------------------
+
+def _shell(command, env=None, limit=60):
+    try:
+        return subprocess.run(["bash", "-c", command], capture_output=True, env=dict(ENV, **(env or {})),
+                              timeout=limit)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"{command[:200]} still ran after {limit} s") from None
+
+
+@pytest.fixture
+def many_refs(local_repo):
+    root, image_id, _ = local_repo
+    tags = root / "repositories/app/_tags"
+    for n in range(3000):
+        (tags / f"t{n}").write_text(image_id + "\n")
+    return root
+
+
+@pytest.mark.parametrize("command", ["show-ref {root}", "list {root}", "build-load-tar {root} app:t7",
+                                     "walk-ancestry {root} app:t7"])
+def test_a_reader_that_goes_away_is_not_an_error_to_report(many_refs, command):
+    proc = _shell(f"{sys.executable} {BIN} {command.format(root=many_refs)} | head -c 10; "
+                  "exit ${PIPESTATUS[0]}")
+    assert proc.returncode in (0, 1) and proc.stderr == b"", proc.stderr
+    assert len(proc.stdout) == 10
+
+
+@pytest.mark.parametrize("command", ["show-ref {root}", "list {root}", "build-load-tar {root} app:t7"])
+def test_a_closed_or_full_standard_output(many_refs, command):
+    closed = _shell(f"{sys.executable} {BIN} {command.format(root=many_refs)} >&-")
+    assert closed.returncode == 0 and closed.stderr == b"", closed.stderr
+    full = _shell(f"{sys.executable} {BIN} {command.format(root=many_refs)} >/dev/full")
+    line = one_line_error(full)
+    assert "standard output" in line and "No space left" in line, line
+
+
+def test_a_tag_written_with_standard_output_closed_is_written(local_repo):
+    root, image_id, _ = local_repo
+    proc = _shell(f"{sys.executable} {BIN} tag {root} app:1 app:closed >&- 2>&-")
+    assert proc.returncode == 0
+    assert (root / "repositories/app/_tags/closed").read_text() == image_id + "\n"
+
+
+@pytest.mark.parametrize("command", ["update-ref --stdin {root}", "resolve-ref --stdin {root}",
+                                     "build-load-tar --stdin {root}", "sync-objects --stdin {root} {root}-copy"])
+def test_stdin_that_never_ends_or_is_closed_is_bounded(local_repo, command, tmp_path):
+    root = local_repo[0]
+    zero = _shell(f"{sys.executable} {BIN} {command.format(root=root)} </dev/zero", limit=30)
+    line = one_line_error(zero, status=2)
+    assert "longer than" in line, line
+    closed = _shell(f"{sys.executable} {BIN} {command.format(root=root)} <&-", limit=30)
+    assert "internal error" not in closed.stderr.decode() and "Traceback" not in closed.stderr.decode()
+    if closed.returncode:
+        one_line_error(closed, status=closed.returncode)
+
+
+def test_a_full_spool_directory_fails_in_one_line_and_leaves_nothing(tiny_image, tmp_path):
+    """TMPDIR on a 64 KiB tmpfs: an S3 push from Docker 20.10 spools each layer there."""
+    eng, image = tiny_image
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(spool)], check=True)
+    server = FakeS3()
+    try:
+        proc = run("push", server.url, image, env={"DOCKER_HOST": eng.host, "TMPDIR": str(spool)})
+        line = one_line_error(proc, within=30)
+        assert str(spool) in line and "no space" in line, line
+        assert os.listdir(spool) == []
+        assert not any(_is_ref(k) for k in server.objects)
+    finally:
+        server.close()
+        subprocess.run(["umount", str(spool)], check=True)
+
+
+def test_umask_077_home_unset_and_a_posix_locale(tiny_image, tmp_path):
+    """A push and pull under umask 077, without HOME, in the POSIX locale, to a path that is
+    not ASCII; a tag that is not ASCII is a usage error there, in ASCII."""
+    eng, image = tiny_image
+    env = {k: v for k, v in ENV.items() if k not in ("HOME", "LANG", "LANGUAGE") and not k.startswith("LC_")}
+    env.update(LC_ALL="POSIX", DOCKER_HOST=eng.host)
+    root = tmp_path / "dépôt-日本"
+    command = (f"umask 077; {sys.executable} {BIN} push {root} {image} && "
+               f"{sys.executable} {BIN} tag {root} {image} 'app:ü'; echo status=$?; "
+               f"{sys.executable} {BIN} show-ref {root} 'nö*'; echo status=$?; "
+               f"{sys.executable} {BIN} pull {root} {image}")
+    proc = subprocess.run(["bash", "-c", command], capture_output=True, env=env, timeout=120)
+    err = proc.stderr.decode("utf-8", "replace")
+    assert proc.returncode == 0, err
+    assert "internal error" not in err and "Traceback" not in err, err
+    assert b"status=2" in proc.stdout and b"status=1" in proc.stdout, proc.stdout
+    assert all(line.startswith("dogestry: ") or line.startswith(("pushed", "pulled")) for line in err.splitlines()), err
+    assert next(root.rglob("_tags/*")).read_text().startswith("sha256:")
