@@ -304,10 +304,12 @@ class Engine:
         found = self.inspect_details(image, slot)
         if found is None:
             return None
-        try:
-            return EngineImage.from_inspect(found)
-        except (KeyError, TypeError, AttributeError):
-            raise EngineError(f"Docker engine at {self.host}: its inspect of {image} lacks an id or layers") from None
+        layers = (found.get("RootFS") or {}).get("Layers") if isinstance(found.get("RootFS"), dict) else None
+        # Everything after trusts these to be digests (chain ids, keys): an engine is input too.
+        if not _is_digest(found.get("Id")) or not isinstance(layers or [], list) or \
+                not all(_is_digest(layer) for layer in layers or []):
+            raise EngineError(f"Docker engine at {self.host}: its inspect of {image} lacks an id or layers")
+        return EngineImage.from_inspect(found)
 
     def require(self, image):
         found = self.inspect(image)
@@ -429,6 +431,11 @@ class Engine:
                         _send_parts(sock, batch)
                         batch, size = [], 0
             _send_parts(sock, batch + [b"0\r\n\r\n"])
+            # The engine has every byte: an answer that takes longer than the stall timeout
+            # from here (or between its lines) is an engine that hangs, not a slow load.
+            from .backends.retry import stall_timeout
+
+            sock.settimeout(stall_timeout(None, self._environ))
         except OSError as err:
             # The engine stopped reading: its answer says why, if it gave one.
             try:
@@ -447,7 +454,9 @@ class Engine:
                               f"({_one_line(repr(err))})") from None
 
     def _messages(self, response, what):
-        """The JSON messages of a progress stream, one per line, each line capped."""
+        """The JSON messages of a progress stream, one per line, each line and the whole capped
+        (an engine that sends progress for ever must not make us wait or remember for ever)."""
+        total = 0
         while True:
             try:
                 line = response.readline(MAX_LINE + 1)
@@ -456,6 +465,10 @@ class Engine:
                                   f"({_one_line(repr(err))})") from None
             if not line:
                 return
+            total += len(line)
+            if total > MAX_JSON:
+                raise EngineError(f"Docker engine at {self.host}: the {what} answer goes on past "
+                                  f"{MAX_JSON >> 20} MiB of messages")
             if len(line) > MAX_LINE:
                 raise EngineError(f"Docker engine at {self.host}: a {what} message is longer than "
                                   f"{MAX_LINE >> 20} MiB")

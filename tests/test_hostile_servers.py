@@ -731,3 +731,194 @@ def test_umask_077_home_unset_and_a_posix_locale(tiny_image, tmp_path):
     assert b"status=2" in proc.stdout and b"status=1" in proc.stdout, proc.stdout
     assert all(line.startswith("dogestry: ") or line.startswith(("pushed", "pulled")) for line in err.splitlines()), err
     assert next(root.rglob("_tags/*")).read_text().startswith("sha256:")
+
+
+# -- a hostile Docker engine ----------------------------------------------------------------
+# tests/test_engine_client.py covers an API error, a JSON answer too big to hold, an answer
+# that is not JSON, a save or load broken off, idle connections; these are the rest.
+
+FAKE_ID = "sha256:" + "ab" * 32
+FAKE_LAYER = "sha256:" + "cd" * 32
+
+
+class _EngineHandler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+    def address_string(self):
+        return "engine"
+
+    def json(self, value, status=200):
+        data = value if isinstance(value, bytes) else json.dumps(value).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def stream(self, pieces):
+        self.send_response(200)
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        try:
+            for piece in pieces:
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+            self.wfile.write(b"0\r\n\r\n")
+        except OSError:
+            pass  # the client hung up: what it should do with an endless stream
+        self.close_connection = True
+
+    def do_GET(self):
+        path = self.path.split("?")[0]
+        self.server.requests.append(("GET", path))
+        answer = self.server.routes.get(path)
+        if answer is None and path.startswith("/images/") and path.endswith("/json"):
+            answer = self.server.routes.get("inspect")
+        if answer is None:
+            return self.json({"message": f"no such thing: {path}"}, 404)
+        answer(self)
+
+    def do_POST(self):
+        path = self.path.split("?")[0]
+        self.server.requests.append(("POST", path))
+        answer = self.server.routes.get("POST " + path)
+        if answer is None:
+            return self.json({"message": "refused"}, 500)
+        answer(self)
+
+
+class FakeEngine(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+
+    def __init__(self, path, routes):
+        self.routes, self.requests = routes, []
+        super().__init__(path, _EngineHandler)
+        self.host = f"unix://{path}"
+
+    def handle_error(self, request, address):
+        pass
+
+
+@pytest.fixture
+def fake_engine(tmp_path):
+    engines = []
+
+    def start(routes):
+        base = {"/_ping": lambda h: h.json(b"OK"), "/info": lambda h: h.json({"DriverStatus": []}),
+                "/version": lambda h: h.json({"ApiVersion": "1.41"}),
+                "/images/json": lambda h: h.json([{"Id": FAKE_ID, "RepoTags": ["app:1"]}]),
+                "inspect": lambda h: h.json({"Id": FAKE_ID, "RepoTags": ["app:1"], "RootFS": {"Layers": [FAKE_LAYER]}})}
+        base.update(routes)
+        path = f"/tmp/dogestry-hostile-{uuid.uuid4().hex[:10]}.sock"  # short: sun_path holds 108 bytes
+        server = FakeEngine(path, base)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        engines.append((server, path))
+        return server
+
+    yield start
+    for server, path in engines:
+        server.shutdown()
+        server.server_close()
+        os.unlink(path)
+
+
+def _zeros(h):
+    h.stream(iter(lambda: bytes(1 << 20), None))
+
+
+def _tar_header(name, size, kind=b"0"):
+    header = bytearray(512)
+    header[0:len(name)] = name.encode()
+    header[100:108] = b"0000644\0"
+    header[108:124] = b"0000000\x000000000\0"
+    if size < 8 ** 11:
+        header[124:136] = b"%011o\0" % size
+    else:  # base-256, as GNU tar writes sizes of 8 GiB and more
+        header[124:136] = b"\x80" + size.to_bytes(11, "big")
+    header[136:148] = b"00000000000\0"
+    header[156:157] = kind
+    header[257:265] = b"ustar\x0000"
+    header[148:156] = b"        "
+    header[148:156] = b"%06o\0 " % sum(header)
+    return bytes(header)
+
+
+def _ten_gigabyte_member(h):
+    """A member announcing 10 GiB, then zeros until the client stops reading."""
+    def pieces():
+        yield _tar_header(f"blobs/sha256/{FAKE_LAYER[7:]}", 10 << 30)
+        while True:
+            yield bytes(1 << 20)
+    h.stream(pieces())
+
+
+def _sparse_member(h):
+    """A GNU sparse member whose real size is 10 GiB, stored in one block."""
+    header = bytearray(_tar_header(f"blobs/sha256/{FAKE_LAYER[7:]}", 512, b"S"))
+    header[483:495] = b"\x80" + (10 << 30).to_bytes(11, "big")  # realsize
+    header[148:156] = b"        "
+    header[148:156] = b"%06o\0 " % sum(header)
+    h.stream([bytes(header), bytes(512), bytes(1024)])
+
+
+SAVES = {"endless-zeros": _zeros, "ten-gigabyte-member": _ten_gigabyte_member, "sparse-bomb": _sparse_member}
+
+
+@pytest.mark.parametrize("case", sorted(SAVES))
+def test_a_hostile_save_stream_is_one_line_in_bounded_time_and_memory(fake_engine, tmp_path, case):
+    engine = fake_engine({"/images/get": SAVES[case]})
+    peak = tmp_path / "peak"
+    proc = run("push", str(tmp_path / "repo"), "app:1", env={"DOCKER_HOST": engine.host}, peak=peak, limit=90)
+    line = one_line_error(proc, within=60)
+    assert int(peak.read_text()) < 200 * 1024, f"peak RSS {peak.read_text()} kB: {line}"
+    assert not list((tmp_path / "repo").rglob("_tags/*"))
+
+
+INSPECTS = {"rootfs-null": {"Id": FAKE_ID, "RootFS": None}, "layers-a-string": {"Id": FAKE_ID, "RootFS": {"Layers": "abc"}},
+            "id-not-a-digest": {"Id": "not-a-digest", "RootFS": {"Layers": [FAKE_LAYER]}},
+            "id-a-number": {"Id": 5, "RootFS": {"Layers": [FAKE_LAYER]}}, "a-list": [1, 2],
+            "layers-of-numbers": {"Id": FAKE_ID, "RootFS": {"Layers": [1, None]}}}
+
+
+@pytest.mark.parametrize("case", sorted(INSPECTS))
+def test_an_inspect_of_the_wrong_types(fake_engine, tmp_path, local_repo, case):
+    engine = fake_engine({"inspect": lambda h: h.json(INSPECTS[case]), "/images/get": _zeros,
+                          "/images/json": lambda h: h.json([{"Id": FAKE_ID if case != "id-a-number" else 5}])})
+    env = {"DOCKER_HOST": engine.host}
+    one_line_error(run("push", str(tmp_path / "pushed"), "app:1", env=env, limit=60), within=30)
+    proc = run("pull", str(local_repo[0]), "app:1", env=env, limit=60)
+    if proc.returncode:
+        one_line_error(proc, within=30)
+
+
+def _load_answer(lines):
+    def answer(h):
+        while h.rfile.readline().strip() not in (b"0", b""):
+            pass  # the chunked body, read to its end
+        h.stream(lines)
+    return answer
+
+
+def _load_never_answers(h):
+    while h.rfile.readline().strip() not in (b"0", b""):
+        pass  # the whole body, then not a word
+    time.sleep(600)
+
+
+LOADS = {"error-mid-stream": [b'{"stream":"Loaded image ID: x"}\n', b'{"errorDetail":{"message":"disk full\\nreally"},'
+                                                                   b'"error":"disk full"}\n', b'{"stream":"ok"}\n'],
+         "error-unpacking": [b'{"stream":"Error unpacking image: bad tar"}\n'],
+         "endless-progress": iter(lambda: b'{"status":"still loading' + b"." * 65000 + b'"}\n', None),
+         "no-answer-at-all": None,
+         "a-message-of-a-megabyte": [b'{"stream":"' + b"x" * (2 << 20) + b'"}\n']}
+
+
+@pytest.mark.parametrize("case", sorted(LOADS))
+def test_a_load_the_engine_answers_with_trouble(fake_engine, local_repo, case):
+    engine = fake_engine({"/images/json": lambda h: h.json([]), "inspect": lambda h: h.json({"message": "no"}, 404),
+                          "POST /images/load": _load_answer(LOADS[case]) if LOADS[case] else _load_never_answers})
+    proc = run("pull", str(local_repo[0]), "app:1", env={"DOCKER_HOST": engine.host}, limit=60)
+    line = one_line_error(proc, within=45)
+    assert engine.host[len("unix://"):] in line or "docker load" in line, line
