@@ -272,7 +272,10 @@ ENDLESS = {
 @pytest.mark.parametrize("case", sorted(ENDLESS))
 def test_a_listing_that_never_ends_is_one_error(s3, case):
     s3.fault = _listing_fault(ENDLESS[case])
-    for args in (["show-ref", s3.url], ["gc", "--dry-run", s3.url], ["tag", s3.url, "app:1", "app:2"]):
+    commands = [["show-ref", s3.url], ["tag", s3.url, "app:1", "app:2"]]
+    if case == "same-token":
+        commands += [["gc", "--dry-run", s3.url], ["list", s3.url], ["verify", s3.url], ["remote", s3.url]]
+    for args in commands:
         line = one_line_error(run(*args), within=30)
         assert s3.endpoint in line and ("does not end" in line or "continuation" in line), (args, line)
     assert not any(k.endswith("_tags/2") for k in s3.objects)
@@ -845,10 +848,11 @@ def _tar_header(name, size, kind=b"0"):
     return bytes(header)
 
 
-def _ten_gigabyte_member(h):
-    """A member announcing 10 GiB, then zeros until the client stops reading."""
+def _huge_member(h):
+    """A member announcing 2 GiB (of zeros, not the layer it is named after), then zeros
+    until the client stops reading: read through in bounded memory, then refused."""
     def pieces():
-        yield _tar_header(f"blobs/sha256/{FAKE_LAYER[7:]}", 10 << 30)
+        yield _tar_header(f"blobs/sha256/{FAKE_LAYER[7:]}", 2 << 30)
         while True:
             yield bytes(1 << 20)
     h.stream(pieces())
@@ -863,7 +867,7 @@ def _sparse_member(h):
     h.stream([bytes(header), bytes(512), bytes(1024)])
 
 
-SAVES = {"endless-zeros": _zeros, "ten-gigabyte-member": _ten_gigabyte_member, "sparse-bomb": _sparse_member}
+SAVES = {"endless-zeros": _zeros, "two-gigabyte-member": _huge_member, "sparse-bomb": _sparse_member}
 
 
 @pytest.mark.parametrize("case", sorted(SAVES))
@@ -922,3 +926,53 @@ def test_a_load_the_engine_answers_with_trouble(fake_engine, local_repo, case):
     proc = run("pull", str(local_repo[0]), "app:1", env={"DOCKER_HOST": engine.host}, limit=60)
     line = one_line_error(proc, within=45)
     assert engine.host[len("unix://"):] in line or "docker load" in line, line
+
+
+# -- serve in front of a misbehaving backend ---------------------------------------------------
+
+def test_serve_answers_an_error_in_bounded_time_while_the_backend_misbehaves_and_recovers(s3):
+    import signal
+    import urllib.error
+    import urllib.request
+
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()  # serve binds it next; a race with another process is a failed bind, said
+    proc = subprocess.Popen([sys.executable, BIN, "serve", s3.url, "--listen", f"127.0.0.1:{port}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
+
+    def get(path):
+        started = time.monotonic()
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=60) as answer:
+                status = answer.status
+        except urllib.error.HTTPError as err:
+            status = err.code
+        return status, time.monotonic() - started
+
+    try:
+        for _ in range(100):
+            try:
+                if get("/v2/app/manifests/1")[0] == 200:
+                    break
+            except OSError:
+                time.sleep(0.1)
+        else:
+            raise AssertionError("serve never answered")
+        faults = {"errors": _status_fault(503, "SlowDown"),
+                  "endless-listing": _listing_fault(ENDLESS["cycling-tokens"]),
+                  "gigabyte-ref": _body_fault(_is_ref, _gigabyte(True)),
+                  "trickle": _body_fault(lambda key: True, _trickle)}
+        for name, fault in faults.items():
+            s3.fault = fault
+            for path in ("/v2/app/manifests/1", "/v2/_catalog", "/v2/app/tags/list"):
+                status, seconds = get(path)
+                assert status >= 500 and seconds < 4 * STALL, (name, path, status, seconds)
+        s3.fault = None
+        assert get("/v2/app/manifests/1")[0] == 200
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    text = err.decode("utf-8", "replace")
+    assert "Traceback" not in text and "internal error" not in text, text[-2000:]

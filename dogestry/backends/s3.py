@@ -29,7 +29,6 @@ DOWNLOAD_PARALLEL = 4     # ranges in flight per download
 MAX_ATTEMPTS = 5          # attempts per request (retry.retrying): throttling, 5xx, resets, timeouts
 MIN_RATE = 16 << 10      # bytes/s: a request slower than this (beyond the stall timeout) is a stall
 MAX_LISTED = 1_000_000   # keys in one listing: far more than a repository holds, a bound on memory
-MAX_EMPTY_PAGES = 100    # truncated pages without a key in a row: a listing that does not end
 STALE_UPLOAD = 3600       # an unfinished multipart upload this old was abandoned (a killed push)
 _OPTIONS = {"region", "endpoint", "addressing", "checksums", "profile"}
 _TRANSIENT_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestTimeoutException",
@@ -496,7 +495,7 @@ class S3Backend(Backend):
         a server that repeats or cycles its continuation, starts a page over or lists more than
         MAX_LISTED items gets one error naming it, never an endless loop or endless memory.
         next_args(page) gives the arguments of the next request."""
-        seen, firsts, count, empty = set(), set(), 0, 0
+        seen, firsts, count, empty_since = set(), set(), 0, None
         endless = f"{what}: S3 at {self.endpoint or 'AWS'} sent a listing that does not end"
         while True:
             page = self._call(what, fn, **kwargs)
@@ -516,13 +515,16 @@ class S3Backend(Backend):
             yield from items
             if not page.get("IsTruncated"):
                 return
-            empty = 0 if items else empty + 1
+            # Empty pages happen (S3 skipping delete markers), but pages without a key for
+            # longer than the stall timeout are a listing that makes no progress.
+            empty_since = None if items else (empty_since or time.monotonic())
+            stalled = empty_since is not None and time.monotonic() - empty_since > self.stall_timeout
             following = next_args(page)
             token = repr(sorted(following.items()))
             if not all(isinstance(v, str) and v for v in following.values()) or len(token) > 8192:
                 raise StorageError(f"{what}: S3 at {self.endpoint or 'AWS'} said the listing goes on but gave no "
                                    "usable continuation")
-            if token in seen or empty > MAX_EMPTY_PAGES:
+            if token in seen or stalled:
                 raise StorageError(f"{endless} ({'a continuation it sent before' if token in seen else 'empty pages'})")
             seen.add(token)
             kwargs.update(following)
