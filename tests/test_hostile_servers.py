@@ -976,3 +976,70 @@ def test_serve_answers_an_error_in_bounded_time_while_the_backend_misbehaves_and
         _, err = proc.communicate(timeout=30)
     text = err.decode("utf-8", "replace")
     assert "Traceback" not in text and "internal error" not in text, text[-2000:]
+
+
+@pytest.fixture(scope="module")
+def big_image(tiny_image):
+    """An image whose one layer (12 MB of random bytes) goes up as a multipart upload."""
+    import io
+    import tarfile
+
+    eng, _ = tiny_image
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        data = os.urandom(12 << 20)
+        info = tarfile.TarInfo("random")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    name = f"hostilebig{uuid.uuid4().hex[:8]}"
+    eng.api.import_image_from_data(buf.getvalue(), repository=name, tag="1")
+    eng.created.append(f"{name}:1")
+    return eng, f"{name}:1"
+
+
+def _multipart_fault(answer):
+    def fault(server, h, method, key, query, body):
+        return answer(server, h, method, query)
+    return fault
+
+
+MULTIPART = {
+    "no-upload-id": lambda s, h, m, q: m == "POST" and "uploads" in q and (s.send(
+        h, 200, b"<InitiateMultipartUploadResult><Key>x</Key></InitiateMultipartUploadResult>") or True),
+    "part-without-etag": lambda s, h, m, q: m == "PUT" and "uploadId" in q and (s.send(h, 200) or True),
+    # S3 may answer CompleteMultipartUpload 200 with an <Error> body
+    "complete-200-error": lambda s, h, m, q: m == "POST" and "uploadId" in q and (s.send(
+        h, 200, b"<?xml version='1.0'?><Error><Code>InternalError</Code><Message>x</Message></Error>") or True),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MULTIPART))
+def test_a_multipart_upload_the_server_garbles(big_image, case):
+    eng, image = big_image
+    server = FakeS3()
+    try:
+        server.fault = _multipart_fault(MULTIPART[case])
+        line = one_line_error(run("push", server.url, image, env={"DOCKER_HOST": eng.host}), within=30)
+        assert "layers/sha256/" in line, line
+        assert not any(_is_ref(k) for k in server.objects)
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize("length", [None, "abc"], ids=["no-length", "not-a-number"])
+def test_a_head_without_a_usable_size(s3, length):
+    def fault(server, h, method, key, query, body):
+        if method == "HEAD" and _is_layer(key):
+            h.send_response(200)
+            if length is None:
+                h.send_header("Transfer-Encoding", "chunked")
+                h.end_headers()
+                h.wfile.write(b"0\r\n\r\n")
+            else:
+                h.send_header("Content-Length", length)
+                h.end_headers()
+                h.close_connection = True
+            return True
+    s3.fault = fault
+    line = one_line_error(run("build-load-tar", s3.url, "app:1"), within=5 * STALL)
+    assert "layers/sha256/" in line, line

@@ -353,7 +353,11 @@ class S3Backend(Backend):
         return self._retrying(self._bounded(attempt, what, end - start if start is not None else (limit or 0)))
 
     def size(self, key):
-        return self._call(f"cannot stat {key}", self.client.head_object, Key=self._key(key))["ContentLength"]
+        size = self._call(f"cannot stat {key}", self.client.head_object, Key=self._key(key)).get("ContentLength")
+        if not isinstance(size, int) or size < 0:
+            raise StorageError(f"cannot stat {key}: S3 at {self.endpoint or 'AWS'} gave it no size "
+                               f"({str(size)[:40]!r})")
+        return size
 
     def open(self, key):
         size = self.size(key)
@@ -582,8 +586,12 @@ class _MultipartWriter:
     def _send(self, body):
         client = self.backend.client
         if self.upload_id is None:
-            self.upload_id = self.backend._call(f"cannot write {self.key}", client.create_multipart_upload,
-                                                Key=self.full)["UploadId"]
+            upload_id = self.backend._call(f"cannot write {self.key}", client.create_multipart_upload,
+                                           Key=self.full).get("UploadId")
+            if not isinstance(upload_id, str) or not upload_id:
+                raise StorageError(f"cannot write {self.key}: S3 at {self.backend.endpoint or 'AWS'} began a "
+                                   "multipart upload without an upload id")
+            self.upload_id = upload_id
             self.pool = ThreadPoolExecutor(UPLOAD_PARALLEL)
         number = len(self.futures) + 1
         self.slots.acquire()
@@ -591,8 +599,12 @@ class _MultipartWriter:
         def upload():
             try:
                 # botocore retries throttling, 5xx and dropped connections for this part alone.
-                return self.backend._call(f"cannot write {self.key}", client.upload_part, Key=self.full,
-                                          UploadId=self.upload_id, PartNumber=number, Body=body)["ETag"]
+                etag = self.backend._call(f"cannot write {self.key}", client.upload_part, Key=self.full,
+                                          UploadId=self.upload_id, PartNumber=number, Body=body).get("ETag")
+                if not isinstance(etag, str) or not etag:
+                    raise StorageError(f"cannot write {self.key}: S3 at {self.backend.endpoint or 'AWS'} took part "
+                                       f"{number} without giving its ETag")
+                return etag
             finally:
                 self.slots.release()
 
