@@ -1043,3 +1043,34 @@ def test_a_head_without_a_usable_size(s3, length):
     s3.fault = fault
     line = one_line_error(run("build-load-tar", s3.url, "app:1"), within=5 * STALL)
     assert "layers/sha256/" in line, line
+
+
+def _huge_answer(status):
+    """A 300 MB answer of `status` to any listing (or to everything, for an error)."""
+    def fault(server, h, method, key, query, body):
+        if status == 200 and not (method == "GET" and not key and "uploads" not in query):
+            return None
+        h.send_response(status)
+        h.send_header("Content-Type", "application/xml")
+        h.send_header("Content-Length", str(300 << 20))
+        h.end_headers()
+        try:
+            h.wfile.write(b"<?xml version='1.0'?><ListBucketResult><Name>" if status == 200 else
+                          b"<?xml version='1.0'?><Error><Code>SlowDown</Code><Message>")
+            for _ in range(300):
+                h.wfile.write(b"a" * (1 << 20))
+        except OSError:
+            pass
+        h.close_connection = True
+        return True
+    return fault
+
+
+@pytest.mark.parametrize("status", [200, 503], ids=["listing", "error"])
+def test_a_300_megabyte_listing_or_error_is_refused_in_bounded_memory(s3, tmp_path, status):
+    """botocore reads such answers whole before parsing them: it took 2.9 GB for a listing."""
+    s3.fault = _huge_answer(status)
+    peak = tmp_path / "peak"
+    line = one_line_error(run("show-ref", s3.url, peak=peak), within=6 * STALL)
+    assert "larger than 16 MiB" in line, line
+    assert int(peak.read_text()) < 200 * 1024, f"peak RSS {peak.read_text()} kB"

@@ -28,6 +28,7 @@ RANGE_SIZE = 4 << 20      # ranged GET size
 DOWNLOAD_PARALLEL = 4     # ranges in flight per download
 MAX_ATTEMPTS = 5          # attempts per request (retry.retrying): throttling, 5xx, resets, timeouts
 MIN_RATE = 16 << 10      # bytes/s: a request slower than this (beyond the stall timeout) is a stall
+MAX_ANSWER = 16 << 20    # bytes of an answer that is not an object's body (a listing page is ~1 MB)
 MAX_LISTED = 1_000_000   # keys in one listing: far more than a repository holds, a bound on memory
 STALE_UPLOAD = 3600       # an unfinished multipart upload this old was abandoned (a killed push)
 _OPTIONS = {"region", "endpoint", "addressing", "checksums", "profile"}
@@ -177,7 +178,7 @@ class S3Backend(Backend):
         if region is None:
             region = self._discover_region(session, custom)
         self.region = region
-        return session.client("s3", endpoint_url=self.endpoint, config=BotoConfig(
+        client = session.client("s3", endpoint_url=self.endpoint, config=BotoConfig(
             region_name=region, signature_version="s3v4", s3={"addressing_style": addressing},
             # Retries are ours (retry.retrying), so each one is bounded and said on stderr; the
             # socket timeouts bound one attempt, so a stalled server costs about stall-timeout.
@@ -185,6 +186,37 @@ class S3Backend(Backend):
             max_pool_connections=4 * max(UPLOAD_PARALLEL, DOWNLOAD_PARALLEL),
             connect_timeout=min(10, self.stall_timeout / 4), read_timeout=min(30, self.stall_timeout / 4),
             request_checksum_calculation=checksums, response_checksum_validation=checksums))
+        self._cap_answers(client)
+        return client
+
+    def _cap_answers(self, client):
+        """botocore reads every answer but an object's body whole before parsing it: a hostile
+        listing or error of 300 MB cost 2.9 GB of memory. Answers other than an object's body
+        (whose reads are bounded where they are made) are cut at MAX_ANSWER instead. This wraps
+        the client's HTTP session, which botocore does not expose: without it, no cap."""
+        http_session = getattr(getattr(client, "_endpoint", None), "http_session", None)
+        send = getattr(http_session, "send", None)
+        if send is None:
+            return
+        where = self.endpoint or "AWS"
+
+        def capped_send(request):
+            whole = not getattr(request, "stream_output", True)
+            if whole:
+                # The session reads such an answer whole before returning it: have it hand over
+                # the stream instead, and let botocore read it through the cap.
+                request.stream_output = True
+                try:
+                    response = send(request)
+                finally:
+                    request.stream_output = False
+            else:
+                response = send(request)  # an object's body: its reads are bounded by their callers
+            if whole or response.status_code >= 300:
+                response.raw = _CappedRaw(response.raw, MAX_ANSWER, where)
+            return response
+
+        http_session.send = capped_send
 
     def _discover_region(self, session, custom):
         """The bucket's region from HeadBucket's x-amz-bucket-region (AWS answers it even on a 301/403)."""
@@ -307,6 +339,8 @@ class S3Backend(Backend):
                 # redirects everything answers with another redirect, and so on until the stack ends.
                 raise StorageError(f"{what}: S3 at {self.endpoint or 'AWS'} answers with redirects that lead "
                                    "nowhere; check the endpoint") from None
+            if isinstance(outcome.get("error"), _AnswerTooLarge):
+                raise StorageError(f"{what}: {outcome['error']}") from None
             if "error" in outcome:
                 raise outcome["error"]
             return outcome["value"]
@@ -557,6 +591,35 @@ class S3Backend(Backend):
         """A GET URL for key valid for `expires` seconds (SigV4, at most 7 days)."""
         return self.client.generate_presigned_url("get_object", Params={"Bucket": self.bucket, "Key": self._key(key)},
                                                   ExpiresIn=expires)
+
+
+class _AnswerTooLarge(StorageError):
+    """Raised inside botocore's read; _bounded adds what was being done."""
+
+
+class _CappedRaw:
+    """A urllib3 response that refuses to yield more than `limit` bytes (see _cap_answers)."""
+
+    def __init__(self, raw, limit, where):
+        self._raw, self._limit, self._where, self._seen = raw, limit, where, 0
+
+    def _count(self, data):
+        self._seen += len(data)
+        if self._seen > self._limit:
+            self._raw.close()
+            raise _AnswerTooLarge(f"S3 at {self._where} sent an answer larger than {self._limit >> 20} MiB where a "
+                                  "small one was due (a listing or an error): refused")
+        return data
+
+    def stream(self, *args, **kwargs):
+        for data in self._raw.stream(*args, **kwargs):
+            yield self._count(data)
+
+    def read(self, *args, **kwargs):
+        return self._count(self._raw.read(*args, **kwargs))
+
+    def __getattr__(self, name):
+        return getattr(self._raw, name)
 
 
 class _MultipartWriter:
