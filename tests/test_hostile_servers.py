@@ -880,7 +880,8 @@ def test_a_hostile_save_stream_is_one_line_in_bounded_time_and_memory(fake_engin
     assert not list((tmp_path / "repo").rglob("_tags/*"))
 
 
-INSPECTS = {"rootfs-null": {"Id": FAKE_ID, "RootFS": None}, "layers-a-string": {"Id": FAKE_ID, "RootFS": {"Layers": "abc"}},
+INSPECTS = {"rootfs-null": {"Id": FAKE_ID, "RootFS": None},
+            "layers-a-string": {"Id": FAKE_ID, "RootFS": {"Layers": "abc"}},
             "id-not-a-digest": {"Id": "not-a-digest", "RootFS": {"Layers": [FAKE_LAYER]}},
             "id-a-number": {"Id": 5, "RootFS": {"Layers": [FAKE_LAYER]}}, "a-list": [1, 2],
             "layers-of-numbers": {"Id": FAKE_ID, "RootFS": {"Layers": [1, None]}}}
