@@ -1075,3 +1075,21 @@ def test_a_300_megabyte_listing_or_error_is_refused_in_bounded_memory(s3, tmp_pa
     line = one_line_error(run("show-ref", s3.url, peak=peak), within=6 * STALL)
     assert "larger than 16 MiB" in line, line
     assert int(peak.read_text()) < 200 * 1024, f"peak RSS {peak.read_text()} kB"
+
+
+def test_a_multipart_upload_listing_that_never_ends(s3):
+    """remote lists unfinished uploads, and every first write cleans old ones: an endless
+    listing of them hung both."""
+    def fault(server, h, method, key, query, body):
+        if method == "GET" and not key and "uploads" in query:
+            mark = b"b" if query.get("key-marker") == "pre/a" else b"a"  # markers a, b, a, b...
+            server.send(h, 200, b"<ListMultipartUploadsResult><IsTruncated>true</IsTruncated>"
+                                b"<NextKeyMarker>pre/%s</NextKeyMarker><NextUploadIdMarker>u1</NextUploadIdMarker>"
+                                b"<Upload><Key>pre/%s</Key><UploadId>u1</UploadId><Initiated>2020-01-01T00:00:00.000Z"
+                                b"</Initiated></Upload></ListMultipartUploadsResult>" % (mark, mark))
+            return True
+    s3.fault = fault
+    line = one_line_error(run("remote", s3.url), within=4 * STALL)
+    assert "multipart uploads" in line and "does not end" in line, line
+    tagged = run("tag", s3.url, "app:1", "app:5", limit=30)
+    assert tagged.returncode == 0, tagged.stderr
