@@ -28,7 +28,7 @@ from xml.sax.saxutils import escape
 
 import pytest
 
-from conftest import BIN, ROOT
+from conftest import BIN
 from test_fuzz import SEEDS
 
 STALL = 3  # DOGESTRY_STALL_TIMEOUT: every network case must end within a few times this
