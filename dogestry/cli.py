@@ -5,6 +5,7 @@ Exit status: 0 success, 1 failure, 2 usage error. Errors are one line on stderr;
 traceback only with --debug. An unknown COMMAND runs `dogestry-COMMAND` from PATH.
 """
 
+import io
 import os
 import shutil
 import sys
@@ -63,11 +64,74 @@ def _intermix(parser, args, extra):
     raise UsageError(f"{args.command}: unrecognized arguments: {' '.join(extra)}")
 
 
+class _Stdout(io.RawIOBase):
+    """fd 1 for sys.stdout: a write the system refuses (a full disk, /dev/full, EIO) is one
+    line naming standard output, not an internal error; a reader gone stays BrokenPipeError."""
+
+    def __init__(self, fd):
+        super().__init__()
+        self.fd = fd
+
+    def writable(self):
+        return True
+
+    def fileno(self):
+        return self.fd
+
+    def isatty(self):
+        return os.isatty(self.fd)
+
+    def write(self, data):
+        try:
+            return os.write(self.fd, data)
+        except BrokenPipeError:
+            raise
+        except OSError as err:
+            # What is still buffered goes nowhere, so the flush at exit does not fail again.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self.fd)
+            os.close(devnull)
+            raise DogestryError(f"cannot write to standard output: {err.strerror or err}") from None
+
+
+def _standard_streams():
+    """Make fds 0-2 safe to use. One the caller closed (`>&-`, `<&-`) gets /dev/null, so no
+    file opened later takes its number and output meant for it goes nowhere (stdin reads
+    as empty); stdout's writes go through _Stdout."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            os.open(os.devnull, os.O_RDONLY if fd == 0 else os.O_WRONLY)  # the lowest free fd: this one
+    if sys.stdin is None:
+        sys.stdin = open(0, "r", closefd=False)
+    if sys.stderr is None:
+        sys.stderr = open(2, "w", closefd=False, errors="backslashreplace")
+    if sys.stdout is None:
+        sys.stdout = open(1, "w", closefd=False)
+    old = sys.stdout
+    if _fd(old) != 1 or isinstance(getattr(old, "buffer", None), io.BufferedWriter) and \
+            isinstance(old.buffer.raw, _Stdout):
+        return  # replaced by a caller (tests, an embedding program), or done already
+    sys.stdout = io.TextIOWrapper(io.BufferedWriter(_Stdout(1)), encoding=old.encoding, errors=old.errors,
+                                  line_buffering=old.line_buffering)
+
+
+def _fd(stream):
+    try:
+        return stream.fileno()
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     try:
-        return _main(argv)
+        _standard_streams()
+        status = _main(argv)
+        sys.stdout.flush()  # here, where a failure is still one line, not at interpreter exit
+        return status
     except DogestryError as err:
         if debug:
             raise

@@ -328,10 +328,12 @@ class Engine:
         found = self.inspect_details(image, slot)
         if found is None:
             return None
-        try:
-            return EngineImage.from_inspect(found)
-        except (KeyError, TypeError, AttributeError):
-            raise EngineError(f"Docker engine at {self.host}: its inspect of {image} lacks an id or layers") from None
+        layers = (found.get("RootFS") or {}).get("Layers") if isinstance(found.get("RootFS"), dict) else None
+        # Everything after trusts these to be digests (chain ids, keys): an engine is input too.
+        if not _is_digest(found.get("Id")) or not isinstance(layers or [], list) or \
+                not all(_is_digest(layer) for layer in layers or []):
+            raise EngineError(f"Docker engine at {self.host}: its inspect of {image} lacks an id or layers")
+        return EngineImage.from_inspect(found)
 
     def require(self, image):
         found = self.inspect(image)
@@ -482,7 +484,9 @@ class Engine:
                               f"({_one_line(repr(err))})") from None
 
     def _messages(self, response, what):
-        """The JSON messages of a progress stream, one per line, each line capped."""
+        """The JSON messages of a progress stream, one per line, each line and the whole capped
+        (an engine that sends progress for ever must not make us wait or remember for ever)."""
+        total = 0
         while True:
             try:
                 line = response.readline(MAX_LINE + 1)
@@ -491,6 +495,10 @@ class Engine:
                                   f"({_one_line(repr(err))})") from None
             if not line:
                 return
+            total += len(line)
+            if total > MAX_JSON:
+                raise EngineError(f"Docker engine at {self.host}: the {what} answer goes on past "
+                                  f"{MAX_JSON >> 20} MiB of messages")
             if len(line) > MAX_LINE:
                 raise EngineError(f"Docker engine at {self.host}: a {what} message is longer than "
                                   f"{MAX_LINE >> 20} MiB")

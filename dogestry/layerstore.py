@@ -12,7 +12,7 @@ import hashlib
 
 from . import compress
 from .digests import of_hash
-from .errors import CorruptObject
+from .errors import CorruptObject, DogestryError
 from .image import LayerDescriptor
 from .pipeline import Stage, produce
 
@@ -90,7 +90,12 @@ def read_uncompressed(backend, key, desc, where):
     identity = desc.codec == "none" and desc.digest == desc.diff_id and desc.size == desc.uncompressed_size
 
     def decode():
-        decomp = compress.decompressor(desc.codec)
+        try:
+            decomp = compress.decompressor(desc.codec)
+        except DogestryError:
+            # A repository another dogestry wrote (zstd, gzip...): name the layer and the codec.
+            raise DogestryError(f"{where} is stored with the codec {str(desc.codec)[:40]!r}, which this dogestry "
+                                f"cannot decode (it knows {', '.join(compress.CODECS)}): upgrade dogestry") from None
         stored_hash = hashlib.sha256()
         size = 0
         for data in _stored_bytes(backend, key):

@@ -25,7 +25,7 @@ import os
 
 from . import layerstore
 from .digests import from_hex, hex_of, is_digest, sha256_digest
-from .errors import CorruptObject, DogestryError, NotFound, UsageError
+from .errors import CorruptObject, DogestryError, NotFound, StorageError, UsageError
 from .image import Image, LayerDescriptor, parse_json
 from .refs import looks_like_id, normalize_id, parse_ref
 
@@ -208,7 +208,12 @@ class Repository:
         self.check_format()
         if self.version < FORMAT_VERSION:
             self.upgrade_refs()
-        self.backend.put(FORMAT_KEY, _marker(FORMAT_VERSION))
+        if self.backend.put(FORMAT_KEY, _marker(FORMAT_VERSION)):
+            # Read back what we wrote: a store that answers 200 but keeps nothing or other
+            # bytes would leave refs that no reader (this one included) accepts.
+            if self.format_version() != FORMAT_VERSION:
+                raise StorageError(f"{self.location} did not keep {FORMAT_KEY} as written (it reads back missing "
+                                   "or different): the store loses writes")
         self._writable = True
 
     def upgrade_refs(self):
@@ -422,9 +427,22 @@ class Repository:
                 yield image_id
 
     def missing_objects(self, image):
-        """Keys an image needs that this repository lacks (a complete image has none)."""
-        missing = [config_key(image.id)] if not self.backend.exists(config_key(image.id)) else []
-        missing += [layer_descriptor_key(d) for d in image.diff_ids if not self.backend.exists(layer_descriptor_key(d))]
+        """Keys an image needs that this repository lacks (a complete image has none).
+
+        The config and descriptors are read, not only found: a store that answers a write
+        with 200 but keeps nothing or other bytes must not get a ref to them. The requests
+        are as many as existence checks would be, and these objects are small.
+        """
+        missing = []
+        try:
+            self.get_config(image.id)
+        except (NotFound, CorruptObject):
+            missing.append(config_key(image.id))
+        for diff_id in image.diff_ids:
+            try:
+                self.layer_descriptor(diff_id)
+            except (NotFound, CorruptObject):
+                missing.append(layer_descriptor_key(diff_id))
         return missing
 
     def holds_whole(self, image_id):

@@ -27,6 +27,9 @@ UPLOAD_PARALLEL = 3       # parts in flight per upload
 RANGE_SIZE = 4 << 20      # ranged GET size
 DOWNLOAD_PARALLEL = 4     # ranges in flight per download
 MAX_ATTEMPTS = 5          # attempts per request (retry.retrying): throttling, 5xx, resets, timeouts
+MIN_RATE = 16 << 10      # bytes/s: a request slower than this (beyond the stall timeout) is a stall
+MAX_ANSWER = 16 << 20    # bytes of an answer that is not an object's body (a listing page is ~1 MB)
+MAX_LISTED = 1_000_000   # keys in one listing: far more than a repository holds, a bound on memory
 STALE_UPLOAD = 3600       # an unfinished multipart upload this old was abandoned (a killed push)
 _OPTIONS = {"region", "endpoint", "addressing", "checksums", "profile"}
 _TRANSIENT_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestTimeoutException",
@@ -105,6 +108,21 @@ def _legacy_or_config_credentials(config, warn):
     return {}
 
 
+# What botocore's parsers raise on an answer that is XML but not S3's (a <Size> of "abc", a
+# date that is none): the server's fault, said as such rather than as an internal error.
+_MALFORMED = (ValueError, TypeError, LookupError, AttributeError)
+
+
+def _body_size(body):
+    """Bytes a request sends (for its time budget): a bytes body's length, else 0."""
+    return len(body) if isinstance(body, (bytes, bytearray, memoryview)) else 0
+
+
+def _shown_key(key):
+    """A listed key fit for a one-line error: bounded, control characters escaped."""
+    return repr(key[:200] + ("..." if len(key) > 200 else ""))
+
+
 def _error_code(err):
     return (getattr(err, "response", None) or {}).get("Error", {}).get("Code", "")
 
@@ -160,7 +178,7 @@ class S3Backend(Backend):
         if region is None:
             region = self._discover_region(session, custom)
         self.region = region
-        return session.client("s3", endpoint_url=self.endpoint, config=BotoConfig(
+        client = session.client("s3", endpoint_url=self.endpoint, config=BotoConfig(
             region_name=region, signature_version="s3v4", s3={"addressing_style": addressing},
             # Retries are ours (retry.retrying), so each one is bounded and said on stderr; the
             # socket timeouts bound one attempt, so a stalled server costs about stall-timeout.
@@ -168,6 +186,37 @@ class S3Backend(Backend):
             max_pool_connections=4 * max(UPLOAD_PARALLEL, DOWNLOAD_PARALLEL),
             connect_timeout=min(10, self.stall_timeout / 4), read_timeout=min(30, self.stall_timeout / 4),
             request_checksum_calculation=checksums, response_checksum_validation=checksums))
+        self._cap_answers(client)
+        return client
+
+    def _cap_answers(self, client):
+        """botocore reads every answer but an object's body whole before parsing it: a hostile
+        listing or error of 300 MB cost 2.9 GB of memory. Answers other than an object's body
+        (whose reads are bounded where they are made) are cut at MAX_ANSWER instead. This wraps
+        the client's HTTP session, which botocore does not expose: without it, no cap."""
+        http_session = getattr(getattr(client, "_endpoint", None), "http_session", None)
+        send = getattr(http_session, "send", None)
+        if send is None:
+            return
+        where = self.endpoint or "AWS"
+
+        def capped_send(request):
+            whole = not getattr(request, "stream_output", True)
+            if whole:
+                # The session reads such an answer whole before returning it: have it hand over
+                # the stream instead, and let botocore read it through the cap.
+                request.stream_output = True
+                try:
+                    response = send(request)
+                finally:
+                    request.stream_output = False
+            else:
+                response = send(request)  # an object's body: its reads are bounded by their callers
+            if whole or response.status_code >= 300:
+                response.raw = _CappedRaw(response.raw, MAX_ANSWER, where)
+            return response
+
+        http_session.send = capped_send
 
     def _discover_region(self, session, custom):
         """The bucket's region from HeadBucket's x-amz-bucket-region (AWS answers it even on a 301/403)."""
@@ -223,9 +272,13 @@ class S3Backend(Backend):
             code, status = _error_code(err), _status(err)
             if code in ("NoSuchKey", "404", "NotFound") and "Key" in kwargs:
                 return NotFound(f"{kwargs['Key'][len(self.prefix):]} not found in {self.location()}")
-            if code in _TRANSIENT_CODES or (status or 0) >= 500 or status == 429:
+            # 501 NotImplemented is a store without the feature: asking again will not help.
+            if code in _TRANSIENT_CODES or ((status or 0) >= 500 and code != "NotImplemented") or status == 429:
                 return TransientError(f"{what}: S3 at {self.endpoint or 'AWS'} answered {code or status}")
             return self._fail(err, what)
+        if isinstance(err, _MALFORMED):
+            return StorageError(f"{what}: S3 at {self.endpoint or 'AWS'} sent an answer that is not S3's "
+                                f"({type(err).__name__})")
         if isinstance(err, EndpointConnectionError):
             return TransientError(f"{what}: cannot reach the S3 endpoint {self.endpoint or 'of AWS'}; check the "
                                   "endpoint= option, AWS_ENDPOINT_URL and the network")
@@ -253,10 +306,46 @@ class S3Backend(Backend):
         def attempt():
             try:
                 return fn(Bucket=self.bucket, **kwargs)
-            except (ClientError, BotoCoreError, ConnectionError, TimeoutError) as err:
+            except (ClientError, BotoCoreError, ConnectionError, TimeoutError, *_MALFORMED) as err:
                 raise self._classify(err, what, kwargs) from None
 
-        return self._retrying(attempt)
+        return self._retrying(self._bounded(attempt, what, _body_size(kwargs.get("Body"))))
+
+    def _bounded(self, attempt, what, size=0):
+        """attempt, given up on (as a TransientError) when it outlasts the stall timeout plus
+        the time its bytes take at MIN_RATE. The socket timeouts cannot catch a server that
+        trickles a byte a second, nor a listing it sends forever: this does, whatever urllib3
+        does. The attempt runs in a daemon thread left behind when it is given up on (it holds
+        one connection until the process ends)."""
+        budget = self.stall_timeout + size / MIN_RATE
+
+        def bounded():
+            outcome = {}
+
+            def run():
+                try:
+                    outcome["value"] = attempt()
+                except BaseException as err:  # noqa: BLE001 - handed to the caller's thread
+                    outcome["error"] = err
+
+            worker = threading.Thread(target=run, name="dogestry-s3", daemon=True)
+            worker.start()
+            worker.join(budget)
+            if worker.is_alive():
+                raise TransientError(f"{what}: S3 at {self.endpoint or 'AWS'} took more than {budget:.0f} s to "
+                                     "answer (a stalled or trickling server)")
+            if isinstance(outcome.get("error"), RecursionError):
+                # botocore follows a 301/307 by asking the bucket's region, which a server that
+                # redirects everything answers with another redirect, and so on until the stack ends.
+                raise StorageError(f"{what}: S3 at {self.endpoint or 'AWS'} answers with redirects that lead "
+                                   "nowhere; check the endpoint") from None
+            if isinstance(outcome.get("error"), _AnswerTooLarge):
+                raise StorageError(f"{what}: {outcome['error']}") from None
+            if "error" in outcome:
+                raise outcome["error"]
+            return outcome["value"]
+
+        return bounded
 
     # -- the backend contract ---------------------------------------------------------
     def get(self, key, limit=None):
@@ -275,25 +364,34 @@ class S3Backend(Backend):
         def attempt():
             try:
                 response = self.client.get_object(Bucket=self.bucket, **kwargs)
-            except (ClientError, BotoCoreError, ConnectionError, TimeoutError) as err:
+            except (ClientError, BotoCoreError, ConnectionError, TimeoutError, *_MALFORMED) as err:
                 raise self._classify(err, what, kwargs) from None
             body = response["Body"]
             try:
                 if limit is not None and response.get("ContentLength", 0) > limit:
                     raise too_large(key, self.location(), limit)
-                data = body.read()
+                # Never more than asked for, whatever the headers say (a chunked answer has no
+                # Content-Length): a hostile 1 GB ref must not be held in memory.
+                wanted = limit if start is None else end - start
+                data = body.read() if wanted is None else body.read(wanted + 1)
+                if limit is not None and len(data) > limit:
+                    raise too_large(key, self.location(), limit)
                 if start is not None and len(data) != end - start:
                     raise IncompleteReadError(actual_bytes=len(data), expected_bytes=end - start)
                 return data
-            except (BotoCoreError, ConnectionError, TimeoutError) as err:
+            except (BotoCoreError, ConnectionError, TimeoutError, *_MALFORMED) as err:
                 raise self._classify(err, what, kwargs) from None
             finally:
                 body.close()
 
-        return self._retrying(attempt)
+        return self._retrying(self._bounded(attempt, what, end - start if start is not None else (limit or 0)))
 
     def size(self, key):
-        return self._call(f"cannot stat {key}", self.client.head_object, Key=self._key(key))["ContentLength"]
+        size = self._call(f"cannot stat {key}", self.client.head_object, Key=self._key(key)).get("ContentLength")
+        if not isinstance(size, int) or size < 0:
+            raise StorageError(f"cannot stat {key}: S3 at {self.endpoint or 'AWS'} gave it no size "
+                               f"({str(size)[:40]!r})")
+        return size
 
     def open(self, key):
         size = self.size(key)
@@ -320,11 +418,16 @@ class S3Backend(Backend):
 
     def _uploads(self):
         """(key, upload id, age) of unfinished multipart uploads under this prefix."""
-        paginator = self.client.get_paginator("list_multipart_uploads")
         now = time.time()
-        for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix):
-            for upload in page.get("Uploads") or []:
-                yield upload["Key"], upload["UploadId"], max(0.0, now - upload["Initiated"].timestamp())
+        what = f"cannot list multipart uploads in {self.location()}"
+        for upload in self._pages(what, self.client.list_multipart_uploads, "Uploads",
+                                  lambda page: {"KeyMarker": page.get("NextKeyMarker"),
+                                                "UploadIdMarker": page.get("NextUploadIdMarker")},
+                                  Prefix=self.prefix):
+            key, upload_id, initiated = upload.get("Key"), upload.get("UploadId"), upload.get("Initiated")
+            if (isinstance(key, str) and key.startswith(self.prefix) and len(key) <= 1024 and key.isprintable()
+                    and isinstance(upload_id, str) and hasattr(initiated, "timestamp")):
+                yield key, upload_id, max(0.0, now - initiated.timestamp())
 
     def leftovers(self):
         yield from super().leftovers()
@@ -333,7 +436,8 @@ class S3Backend(Backend):
                 yield f"s3://{self.bucket}/{key} (unfinished multipart upload)", None, age
         except Exception as err:  # noqa: BLE001 - a store without the listing has none to report
             if "NotImplemented" not in str(err):
-                raise self._classify(err, "cannot list multipart uploads", {}) from None
+                raise (err if isinstance(err, DogestryError) else
+                       self._classify(err, "cannot list multipart uploads", {})) from None
 
     def clean_leftovers(self, min_age=STALE_UPLOAD):
         count, size = super().clean_leftovers(min_age)
@@ -385,10 +489,10 @@ class S3Backend(Backend):
                     state["condition"] = {}
                     return attempt()
                 raise self._classify(err, what, kwargs) from None
-            except (BotoCoreError, ConnectionError, TimeoutError) as err:
+            except (BotoCoreError, ConnectionError, TimeoutError, *_MALFORMED) as err:
                 raise self._classify(err, what, kwargs) from None
 
-        return self._retrying(attempt)
+        return self._retrying(self._bounded(attempt, what, _body_size(kwargs.get("Body"))))
 
     def writer(self, key, overwrite=False):
         self._first_write()
@@ -416,16 +520,71 @@ class S3Backend(Backend):
             yield info.key
 
     def scan(self, prefix=""):
-        paginator = self.client.get_paginator("list_objects_v2")
-        from botocore.exceptions import BotoCoreError, ClientError
+        full = self.prefix + prefix
+        what = f"cannot list {prefix or 'the repository'} in {self.location()}"
+        for item in self._pages(what, self.client.list_objects_v2, "Contents",
+                                lambda page: {"ContinuationToken": page.get("NextContinuationToken")}, Prefix=full):
+            info = self._listed(item, full, what)
+            if info is not None:
+                yield info
 
+    def _pages(self, what, fn, field, next_args, **kwargs):
+        """The items of a paginated S3 listing, each page retried like any request, and bounded:
+        a server that repeats or cycles its continuation, starts a page over or lists more than
+        MAX_LISTED items gets one error naming it, never an endless loop or endless memory.
+        next_args(page) gives the arguments of the next request."""
+        seen, firsts, count, empty_since = set(), set(), 0, None
+        endless = f"{what}: S3 at {self.endpoint or 'AWS'} sent a listing that does not end"
+        while True:
+            page = self._call(what, fn, **kwargs)
+            items = page.get(field) or []
+            if not isinstance(items, list):
+                raise StorageError(f"{what}: S3 at {self.endpoint or 'AWS'} sent a listing that is not one")
+            if items and isinstance(items[0], dict):
+                # The same page again under a new token: a listing that started over.
+                first = (items[0].get("Key"), items[0].get("UploadId"))
+                if first in firsts:
+                    raise StorageError(f"{endless} (it started over at {_shown_key(str(first[0]))})")
+                firsts.add(first)
+            count += len(items)
+            if count > MAX_LISTED:
+                raise StorageError(f"{what}: S3 at {self.endpoint or 'AWS'} lists more than {MAX_LISTED} keys "
+                                   "there, more than a repository holds")
+            yield from items
+            if not page.get("IsTruncated"):
+                return
+            # Empty pages happen (S3 skipping delete markers), but pages without a key for
+            # longer than the stall timeout are a listing that makes no progress.
+            empty_since = None if items else (empty_since or time.monotonic())
+            stalled = empty_since is not None and time.monotonic() - empty_since > self.stall_timeout
+            following = next_args(page)
+            token = repr(sorted(following.items()))
+            if not all(isinstance(v, str) and v for v in following.values()) or len(token) > 8192:
+                raise StorageError(f"{what}: S3 at {self.endpoint or 'AWS'} said the listing goes on but gave no "
+                                   "usable continuation")
+            if token in seen or stalled:
+                raise StorageError(f"{endless} ({'a continuation it sent before' if token in seen else 'empty pages'})")
+            seen.add(token)
+            kwargs.update(following)
+
+    def _listed(self, item, full, what):
+        """An ObjectInfo for a listed item, or None for a key that is not a repository object
+        (outside the prefix, a name check_key refuses): ignored, as a directory ignores dot-names."""
+        key = item.get("Key")
+        if not isinstance(key, str) or not key.startswith(full) or len(key) > 1024:
+            return None
         try:
-            for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix + prefix):
-                for item in page.get("Contents") or []:
-                    yield ObjectInfo(item["Key"][len(self.prefix):], item["Size"], item["LastModified"].timestamp(),
-                                     str(item.get("ETag") or "").strip('"') or None)
-        except (ClientError, BotoCoreError) as err:
-            raise self._fail(err, "cannot list") from None
+            relative = check_key(key[len(self.prefix):])
+        except UsageError:
+            return None
+        size = item.get("Size")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise StorageError(f"{what}: S3 at {self.endpoint or 'AWS'} listed {_shown_key(relative)} with the size "
+                               f"{str(size)[:40]!r}")
+        modified = item.get("LastModified")
+        etag = item.get("ETag")  # S3's MD5 of the bytes, quoted (see ObjectInfo)
+        return ObjectInfo(relative, size, modified.timestamp() if hasattr(modified, "timestamp") else None,
+                          etag.strip('"') or None if isinstance(etag, str) and len(etag) <= 100 else None)
 
     def delete(self, key):
         self._call(f"cannot delete {key}", self.client.delete_object, Key=self._key(key))
@@ -434,6 +593,35 @@ class S3Backend(Backend):
         """A GET URL for key valid for `expires` seconds (SigV4, at most 7 days)."""
         return self.client.generate_presigned_url("get_object", Params={"Bucket": self.bucket, "Key": self._key(key)},
                                                   ExpiresIn=expires)
+
+
+class _AnswerTooLarge(StorageError):
+    """Raised inside botocore's read; _bounded adds what was being done."""
+
+
+class _CappedRaw:
+    """A urllib3 response that refuses to yield more than `limit` bytes (see _cap_answers)."""
+
+    def __init__(self, raw, limit, where):
+        self._raw, self._limit, self._where, self._seen = raw, limit, where, 0
+
+    def _count(self, data):
+        self._seen += len(data)
+        if self._seen > self._limit:
+            self._raw.close()
+            raise _AnswerTooLarge(f"S3 at {self._where} sent an answer larger than {self._limit >> 20} MiB where a "
+                                  "small one was due (a listing or an error): refused")
+        return data
+
+    def stream(self, *args, **kwargs):
+        for data in self._raw.stream(*args, **kwargs):
+            yield self._count(data)
+
+    def read(self, *args, **kwargs):
+        return self._count(self._raw.read(*args, **kwargs))
+
+    def __getattr__(self, name):
+        return getattr(self._raw, name)
 
 
 class _MultipartWriter:
@@ -463,8 +651,12 @@ class _MultipartWriter:
     def _send(self, body):
         client = self.backend.client
         if self.upload_id is None:
-            self.upload_id = self.backend._call(f"cannot write {self.key}", client.create_multipart_upload,
-                                                Key=self.full)["UploadId"]
+            upload_id = self.backend._call(f"cannot write {self.key}", client.create_multipart_upload,
+                                           Key=self.full).get("UploadId")
+            if not isinstance(upload_id, str) or not upload_id:
+                raise StorageError(f"cannot write {self.key}: S3 at {self.backend.endpoint or 'AWS'} began a "
+                                   "multipart upload without an upload id")
+            self.upload_id = upload_id
             self.pool = ThreadPoolExecutor(UPLOAD_PARALLEL)
         number = len(self.futures) + 1
         self.slots.acquire()
@@ -472,8 +664,12 @@ class _MultipartWriter:
         def upload():
             try:
                 # botocore retries throttling, 5xx and dropped connections for this part alone.
-                return self.backend._call(f"cannot write {self.key}", client.upload_part, Key=self.full,
-                                          UploadId=self.upload_id, PartNumber=number, Body=body)["ETag"]
+                etag = self.backend._call(f"cannot write {self.key}", client.upload_part, Key=self.full,
+                                          UploadId=self.upload_id, PartNumber=number, Body=body).get("ETag")
+                if not isinstance(etag, str) or not etag:
+                    raise StorageError(f"cannot write {self.key}: S3 at {self.backend.endpoint or 'AWS'} took part "
+                                       f"{number} without giving its ETag")
+                return etag
             finally:
                 self.slots.release()
 

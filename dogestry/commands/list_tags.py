@@ -6,6 +6,7 @@ The module is not named list.py: importing it would bind `list` in this package 
 import json
 import time
 
+from ..errors import NotFound
 from ..operations import list_tags
 from ..progress import human
 from . import remote_argument
@@ -36,7 +37,11 @@ def _utc(when):
 
 
 def run(ctx, args):
-    rows = list_tags(ctx.repo(args.remote), args.patterns)
+    repo = ctx.repo(args.remote)
+    rows = list_tags(repo, args.patterns)
+    # Like show-ref: patterns that match nothing are a failure scripts can test, in one line.
+    if args.patterns and not rows:
+        raise NotFound(f"no tag matches {' or '.join(repr(p[:200]) for p in args.patterns[:5])} in {repo.location}")
     if args.json:
         for row in rows:
             obj = row.to_json()
@@ -55,5 +60,4 @@ def run(ctx, args):
         widths = [max(len(r[i]) for r in table) for i in range(4)]
         for r in table:
             ctx.out.write("   ".join(r[i].ljust(widths[i]) for i in range(4)) + "   " + r[4] + "\n")
-    # Like show-ref: patterns that match nothing are a failure scripts can test.
-    return 1 if args.patterns and not rows else 0
+    return 0

@@ -1,5 +1,6 @@
 """show-ref: list refs as ref records `<image-id> <name>:<tag>`, sorted by name:tag."""
 
+from ..errors import NotFound
 from ..records import write_record
 from . import nul_option, remote_argument
 
@@ -13,8 +14,12 @@ def add_arguments(p):
 
 
 def run(ctx, args):
-    refs = ctx.repo(args.remote).list_refs(args.pattern)
+    repo = ctx.repo(args.remote)
+    refs = repo.list_refs(args.pattern)
     for image_id, ref in refs:
         write_record(ctx.out, [image_id, ref], args.nul)
-    # Like git show-ref: a pattern that matches nothing is a failure scripts can test.
-    return 1 if args.pattern and not refs else 0
+    # Like git show-ref: a pattern that matches nothing is a failure scripts can test,
+    # said in one line like every failure (stdout stays empty).
+    if args.pattern and not refs:
+        raise NotFound(f"no ref matches {args.pattern[:200]!r} in {repo.location}")
+    return 0
