@@ -120,6 +120,13 @@ def pull_through_server(ctx, repo, plan):
         # go: an image pulled by id alone is loaded, as `docker load` keeps it nameless.
         ctx.detail("an image is pulled by id without a tag: every layer goes through docker load")
         return False
+    if any(layer.uncompressed_size == 0 for image in plan.images for layer in image.layers):
+        # A zero-byte layer is a valid empty diff (graphdriver engines export one as is), but
+        # containerd refuses to fetch a descriptor of size zero ("reports content size of
+        # zero"); its `docker load` takes one.
+        ctx.detail("an image has a zero-byte layer, which containerd will not fetch from a registry: every layer "
+                   "goes through docker load")
+        return False
     import secrets
 
     from .serve import Server

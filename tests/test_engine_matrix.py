@@ -20,8 +20,11 @@ for graphdriver engines), so every odd case is exactly what it claims:
   a 128-character tag;
 - on the containerd store only (graphdriver engines cannot load an index): a
   multi-platform index (arm64, arm/v7, amd64) with a buildx-style attestation manifest,
-  one whose platforms have identical layers, and an arm64-only image. Their busybox
-  layer is the `fs` image's own (a layer equal to another image's layer).
+  one whose platforms have identical layers, and an arm64-only image;
+- `zero`: layer tars as other tools write them: zero bytes (a valid empty diff), no
+  end-of-archive blocks, trailing zeros.
+
+Every image's busybox layer is the `fs` image's own (a layer equal to another image's layer).
 
 One push per source (module scope): d20 and d26c push with lz4, d26 and d28c with
 `[compressor] lz4 = false`. Each pair then pulls every image, and checks the config bytes
@@ -235,6 +238,15 @@ def _images(source, unique):
     layers = [(bb, "gzip"), (odd, "gzip" if source == "d20" else "zstd"), (wh, None), (empty, None)]
     layout.name(layout.manifest(layers, _odd_config([_digest(raw) for raw, _ in layers]), fs_tags), fs_tags)
     images = {tuple(fs_tags): [_digest(raw) for raw, _ in layers]}
+    # Layer tars as other tools write them: zero bytes (a valid empty diff, which
+    # containerd will not fetch from a registry), no end-of-archive blocks, trailing zeros.
+    one = _layer([("f", "file", salt)])
+    no_end = one[:-1024].rstrip(b"\0")
+    no_end += b"\0" * (-len(no_end) % 512)
+    raw_layers = [(bb, None), (b"", None), (no_end, None), (one + b"\0" * 4096, None)]
+    raw_ids = [_digest(raw) for raw, _ in raw_layers]
+    layout.name(layout.manifest(raw_layers, _plain_config(raw_ids), [f"{prefix}/zero:1"]), [f"{prefix}/zero:1"])
+    images[(f"{prefix}/zero:1",)] = raw_ids
     if source in CONTAINERD:
         platforms, plats = [], {}
         for arch, variant in (("amd64", None), ("arm64", None), ("arm", "v7")):
@@ -347,7 +359,12 @@ def test_an_image_made_on_one_engine_arrives_whole_on_another(sources, targets, 
     dst.rmi(*tags)  # on the source itself: removed, then pulled back
     if dst is not src.eng:
         dst.created += tags
-    dogestry("pull", src.repo, *tags, env=dst.env())
+    # an image with a zero-byte layer alone: on the containerd store it cannot go through a registry pull
+    zero = [t for t in tags if "/zero:" in t]
+    dogestry("pull", src.repo, *[t for t in tags if t not in zero], env=dst.env())
+    proc = dogestry("-v", "pull", src.repo, *zero, env=dst.env())
+    # whether or not the engine happens to hold the empty blob already (then it would not fetch it)
+    assert dst.containerd == ("zero-byte layer" in proc.stderr.decode()), proc.stderr.decode()
     for group, diff_ids in src.images.items():
         for tag in group:
             assert dst.layers(tag) == diff_ids, (source, target, tag)
@@ -356,5 +373,6 @@ def test_an_image_made_on_one_engine_arrives_whole_on_another(sources, targets, 
         assert json.loads(config)["architecture"] == json.loads(src.configs[group])["architecture"]
         assert _filesystem(dst, group[0]) == src.filesystems[group], (source, target, group[0])
     assert dst.run(tags[0], "cat", "/x/new") == "new"
+    assert dst.run(zero[0], "cat", "/f") == src.eng.run(zero[0], "cat", "/f")
     if target == ALL[-1]:
         dogestry("verify", src.repo)
