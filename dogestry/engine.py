@@ -376,9 +376,14 @@ class Engine:
             cache.save(keep=ids)
         return {c for i in ids for c in cache.entries.get(i, ())}
 
-    def save(self, names):
-        """A binary stream (read(n), close()) of `docker save names...`."""
-        conn, response = self._request("GET", "/images/get", {"names": list(names)})
+    def save(self, names, platform=None):
+        """A binary stream (read(n), close()) of `docker save names...`. platform (an OCI
+        platform dict) asks Docker 28+ (API 1.48) for that platform's manifest only; older
+        engines ignore the parameter and export every platform they hold."""
+        params = {"names": list(names)}
+        if platform:
+            params["platform"] = json.dumps(platform, separators=(",", ":"))
+        conn, response = self._request("GET", "/images/get", params)
         try:
             self._check(response)
         except _ApiError as err:

@@ -42,6 +42,7 @@ import shutil
 import subprocess
 import tarfile
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -376,3 +377,66 @@ def test_an_image_made_on_one_engine_arrives_whole_on_another(sources, targets, 
     assert dst.run(zero[0], "cat", "/f") == src.eng.run(zero[0], "cat", "/f")
     if target == ALL[-1]:
         dogestry("verify", src.repo)
+
+
+@pytest.mark.parametrize("source", ["d20", "d26", "d28c"])
+def test_a_push_stores_only_the_layers_of_the_images_it_names(sources, source):
+    """A multi-platform index exports every platform's blobs unless the engine is asked for
+    one: Docker 28 is (API 1.48), so its other platforms' layers are neither read nor stored.
+    Docker 26 has no such parameter; its push stores them unreferenced (gc removes them)."""
+    src = sources(source)
+    referenced = set()
+    for record in (Path(src.repo) / "images" / "sha256").iterdir():
+        referenced.update(layer["diff_id"] for layer in json.loads(record.read_bytes())["layers"])
+    stored = {f"sha256:{p.name}" for p in (Path(src.repo) / "layers" / "sha256").iterdir()
+              if not p.name.endswith(".json")}
+    assert stored == referenced
+
+
+def _only_another_platform(prefix, salt):
+    """An index (amd64 + arm64) of which only the arm64 content is present, as `docker pull
+    --platform linux/arm64` leaves it on an amd64 host's containerd store."""
+    layout = _Layout()
+    bb = _busybox_layer(salt)
+    platforms, dropped, arm = [], [], None
+    for arch in ("amd64", "arm64"):
+        own = _layer([("platform", "file", arch.encode() + salt)])
+        config = _plain_config([_digest(bb), _digest(own)], arch)
+        desc = layout.manifest([(bb, "gzip"), (own, None)], config, v1=False)
+        platforms.append((desc, {"architecture": arch, "os": "linux"}, None))
+        if arch == "amd64":
+            dropped = [desc["digest"], _digest(config), _digest(own)]
+        else:
+            arm = (config, [_digest(bb), _digest(own)])
+    layout.name(layout.multi(platforms), [f"{prefix}/partial:1"])
+    for digest in dropped:
+        del layout.blobs[digest]
+    return layout.tar(), arm
+
+
+@pytest.mark.parametrize("source", sorted(CONTAINERD))
+def test_an_index_holding_only_another_platform(engine_named, tmp_path, source):
+    src = engine_named(source)
+    prefix = f"matrix-{source}-{uuid.uuid4().hex[:10]}"
+    data, (config, diff_ids) = _only_another_platform(prefix, prefix.encode())
+    tag = f"{prefix}/partial:1"
+    out = src.api.load_image(data)
+    assert not [o for o in out if "error" in o], out
+    src.created.append(tag)
+    assert src.layers(tag) == diff_ids
+    repo = str(tmp_path / "repo")
+    proc = dogestry("push", repo, tag, env=src.env(), check=False)
+    if source == "d26c":
+        # Docker 26 exports the host's platform, whose content is absent: say so in one line
+        err = proc.stderr.decode()
+        assert proc.returncode == 1 and err.count("\n") == 1 and "Traceback" not in err, err
+        assert f"cannot push {tag}" in err and "Docker 28" in err, err
+        return
+    assert proc.returncode == 0, proc.stderr.decode()
+    for target in ("d20", "d26c"):
+        dst = engine_named(target)
+        dst.created.append(tag)
+        dogestry("pull", repo, tag, env=dst.env())
+        assert dst.layers(tag) == diff_ids
+        assert _saved_config(dst, tag) == config
+        assert dst.run(tag, "cat", "/platform") == "arm64" + prefix
