@@ -13,8 +13,8 @@ for graphdriver engines), so every odd case is exactly what it claims:
 - `fs`: layers gzip- and zstd-compressed as loaded (zstd only where the engine loads it:
   not Docker 20.10), uncompressed, and an empty tar; members that are long names, deep
   paths, unicode and spaces, hard links across directories, absolute and dangling
-  symlinks, a set-uid file, a FIFO, a device node, an xattr in a PAX header, a file of
-  zeros, whiteouts and an opaque directory; a config whose key order and spacing are
+  symlinks, a set-uid file, a FIFO, a device node, file capabilities (a binary xattr in
+  a PAX header), a file of zeros, whiteouts and an opaque directory; a config whose key order and spacing are
   unusual (its id is the sha256 of those bytes), with empty_layer history, a 70 kB label,
   volumes, a healthcheck and an os.version; under three names, one `host:port/a/b/c` with
   a 128-character tag;
@@ -80,8 +80,11 @@ def _layer(entries):
                 info.type, info.mode, info.devmajor, info.devminor = tarfile.CHRTYPE, 0o666, 1, 3
             elif kind == "xattr":
                 data = rest[0]
-                info.size = len(data)
-                info.pax_headers = {"SCHILY.xattr.user.dogestry": "v\u00e9rified"}
+                info.size, info.mode = len(data), 0o755
+                # file capabilities (cap_net_bind_service+ep, VFS_CAP_REVISION_2): an xattr
+                # every engine keeps on extract and puts back on export, and binary in the header
+                caps = (0x02000001).to_bytes(4, "little") + (1 << 10).to_bytes(4, "little") + bytes(12)
+                info.pax_headers = {"SCHILY.xattr.security.capability": caps.decode("utf-8", "surrogateescape")}
             tar.addfile(info, io.BytesIO(data) if data is not None else None)
     return buf.getvalue()
 
@@ -99,8 +102,8 @@ def _odd_layer(salt):
     deep = ["p" * 60] * 4
     return _layer([
         ("etc", "dir"), ("etc/a", "file", b"a" * 3000 + salt),
-        ("x", "dir"), ("x/y", "dir"), ("x/y/linked", "hardlink", "etc/a"),  # a hard link across directories
-        ("x/old", "file", b"old"),
+        ("etc/b", "file", b"b" * 3000 + salt), ("h", "dir"), ("h/linked", "hardlink", "etc/b"),  # across directories
+        ("x", "dir"), ("x/y", "dir"), ("x/y/linked", "hardlink", "etc/a"), ("x/old", "file", b"old"),
         ("abs", "symlink", "/etc/a"), ("dangling", "symlink", "/no/such/file"),
         (long_dir, "dir"), (f"{long_dir}/{'n' * 110}", "file", b"a name over 100 characters"),
         *[("/".join(deep[:i]), "dir") for i in range(1, 5)],
