@@ -486,6 +486,12 @@ def load(ctx, repo, plan):
         finally:
             if ctx.progress is not None:
                 ctx.progress.clear()
+        if ctx.engine.uses_containerd_store():
+            # That store names an image by its manifest: the image id printed on stdout is
+            # unknown to `docker run`; an image with no tag is reachable only so.
+            for image in plan.images:
+                if not image.tags:
+                    ctx.info(f"image {image.id} is {image.manifest_digest} in the engine at {ctx.engine.host}")
     for engine_id, tags in plan.to_tag:
         for tag in tags:
             ctx.engine.tag(engine_id, tag)

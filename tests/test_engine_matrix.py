@@ -443,3 +443,19 @@ def test_an_index_holding_only_another_platform(engine_named, tmp_path, source):
         assert dst.layers(tag) == diff_ids
         assert _saved_config(dst, tag) == config
         assert dst.run(tag, "cat", "/platform") == "arm64" + prefix
+
+
+@pytest.mark.parametrize("target", sorted(CONTAINERD))
+def test_an_image_pulled_by_id_says_its_engine_id(sources, targets, target):
+    """The containerd store names an image by its manifest: after a pull by id (no tag), the
+    id on stdout means nothing to `docker run`; stderr says the one that does."""
+    src, dst = sources("d20"), targets(target)
+    group = next(g for g in src.images if "/fs:" in g[0])
+    image_id = "sha256:" + hashlib.sha256(src.configs[group]).hexdigest()
+    dst.rmi(*group)
+    proc = dogestry("pull", src.repo, image_id[7:19], env=dst.env())
+    assert proc.stdout.decode().split() == [image_id]
+    said = proc.stderr.decode().split(f"image {image_id} is ", 1)[1].split()[0]
+    dst.created.append(said)
+    assert dst.layers(said) == src.images[group]
+    assert dst.run(said, "cat", "/x/new") == "new"
