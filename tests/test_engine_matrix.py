@@ -22,7 +22,7 @@ for graphdriver engines), so every odd case is exactly what it claims:
   multi-platform index (arm64, arm/v7, amd64) with a buildx-style attestation manifest,
   one whose platforms have identical layers, and an arm64-only image;
 - `zero`: layer tars as other tools write them: zero bytes (a valid empty diff), no
-  end-of-archive blocks, trailing zeros.
+  end-of-archive blocks, trailing zeros, a first header whose checksum sums signed bytes.
 
 Every image's busybox layer is the `fs` image's own (a layer equal to another image's layer).
 
@@ -114,6 +114,22 @@ def _odd_layer(salt):
         ("xa", "xattr", b"has an xattr"),
         ("zeros", "file", b"\0" * (1 << 20) + b"end"),
     ])
+
+
+def _signed_layer(salt, size=1000):
+    """A USTAR layer whose first name is not ASCII and whose header checksum sums signed
+    bytes, as old tar writers did (Go's archive/tar, so every engine, takes it)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT, encoding="latin-1") as tar:
+        info = tarfile.TarInfo("\u00e9t\u00e9")
+        info.size, info.mtime = size + len(salt), MTIME
+        tar.addfile(info, io.BytesIO(bytes(size) + salt))
+    header = bytearray(buf.getvalue()[:512])
+    header[148:156] = b" " * 8
+    signed = sum(b - 256 if b > 127 else b for b in header)
+    assert signed != sum(header)
+    header[148:156] = b"%06o\0 " % signed
+    return bytes(header) + buf.getvalue()[512:]
 
 
 def _whiteout_layer():
@@ -243,11 +259,12 @@ def _images(source, unique):
     layout.name(layout.manifest(layers, _odd_config([_digest(raw) for raw, _ in layers]), fs_tags), fs_tags)
     images = {tuple(fs_tags): [_digest(raw) for raw, _ in layers]}
     # Layer tars as other tools write them: zero bytes (a valid empty diff, which
-    # containerd will not fetch from a registry), no end-of-archive blocks, trailing zeros.
+    # containerd will not fetch from a registry), no end-of-archive blocks, trailing zeros,
+    # a signed header checksum.
     one = _layer([("f", "file", salt)])
     no_end = one[:-1024].rstrip(b"\0")
     no_end += b"\0" * (-len(no_end) % 512)
-    raw_layers = [(bb, None), (b"", None), (no_end, None), (one + b"\0" * 4096, None)]
+    raw_layers = [(bb, None), (b"", None), (no_end, None), (one + b"\0" * 4096, None), (_signed_layer(salt), None)]
     raw_ids = [_digest(raw) for raw, _ in raw_layers]
     layout.name(layout.manifest(raw_layers, _plain_config(raw_ids), [f"{prefix}/zero:1"]), [f"{prefix}/zero:1"])
     images[(f"{prefix}/zero:1",)] = raw_ids
@@ -459,3 +476,25 @@ def test_an_image_pulled_by_id_says_its_engine_id(sources, targets, target):
     dst.created.append(said)
     assert dst.layers(said) == src.images[group]
     assert dst.run(said, "cat", "/x/new") == "new"
+
+
+@pytest.mark.parametrize("source", ["d26", "d26c", "d28c"])
+def test_a_large_layer_with_a_signed_tar_checksum(engine_named, tmp_path, source):
+    """Docker 25+ exports such a layer as an uncompressed blob; read as anything but a tar,
+    one over 16 MiB was refused as 'implausibly large for an image config'."""
+    src, dst = engine_named(source), engine_named("d20")
+    unique = uuid.uuid4().hex[:10]
+    tag = f"matrix-{source}-{unique}/signed:1"
+    layers = [_busybox_layer(unique.encode()), _signed_layer(unique.encode(), 17 << 20)]
+    layout = _Layout()
+    layout.name(layout.manifest([(raw, None) for raw in layers], _plain_config([_digest(x) for x in layers]),
+                                [tag]), [tag])
+    out = src.api.load_image(layout.tar())
+    assert not [o for o in out if "error" in o], out
+    src.created.append(tag)
+    repo = str(tmp_path / "repo")
+    dogestry("push", repo, tag, env=src.env())
+    dst.created.append(tag)
+    dogestry("pull", repo, tag, env=dst.env())
+    assert dst.layers(tag) == [_digest(x) for x in layers]
+    assert _filesystem(dst, tag) == _filesystem(src, tag)
