@@ -498,3 +498,20 @@ def test_a_large_layer_with_a_signed_tar_checksum(engine_named, tmp_path, source
     dogestry("pull", repo, tag, env=dst.env())
     assert dst.layers(tag) == [_digest(x) for x in layers]
     assert _filesystem(dst, tag) == _filesystem(src, tag)
+
+
+@pytest.mark.parametrize("source", ALL)
+def test_one_pull_into_every_other_engine_at_once(sources, targets, source):
+    """A fleet pull (--pullhosts) plans and loads per engine: each generation its own way."""
+    src = sources(source)
+    others = [targets(name) for name in ALL if name != source]
+    tags = [t for group in src.images for t in group]
+    for dst in others:
+        dst.rmi(*tags)
+        dst.created += tags
+    proc = dogestry("pull", "--pullhosts", ",".join(dst.host for dst in others), src.repo, *tags)
+    assert proc.stdout.decode().count("\n") == len(tags), proc.stdout.decode()
+    for dst in others:
+        for group, diff_ids in src.images.items():
+            assert [dst.layers(tag) for tag in group] == [diff_ids] * len(group), (source, dst.name, group[0])
+            assert _saved_config(dst, group[0]) == src.configs[group], (source, dst.name, group[0])
