@@ -169,9 +169,7 @@ def iter_tar(fileobj):
             return
         checksum_ok = False
         try:
-            stored = _number(block, 148, 8)
-            computed = sum(block[:148]) + 8 * 32 + sum(block[156:])
-            checksum_ok = stored == computed
+            checksum_ok = _checksum_ok(block)
         except NotATar:
             pass
         if not checksum_ok:
@@ -377,9 +375,19 @@ def _is_tar_start(data):
     if block == b"\0" * BLOCK:
         return True
     try:
-        return _number(block, 148, 8) == sum(block[:148]) + 8 * 32 + sum(block[156:])
+        return _checksum_ok(block)
     except NotATar:
         return False
+
+
+def _checksum_ok(block):
+    """The header checksum summed over unsigned bytes (POSIX) or signed ones, as old tar
+    writers did: Go's archive/tar, hence every engine, takes either, so a layer whose first
+    name is not ASCII may carry the signed one and must still be recognised as a tar."""
+    stored = _number(block, 148, 8)
+    unsigned = sum(block[:148]) + 8 * 32 + sum(block[156:])
+    high = sum(1 for b in block[:148] if b > 127) + sum(1 for b in block[156:] if b > 127)
+    return stored in (unsigned, unsigned - 256 * high)
 
 
 def _count(found):

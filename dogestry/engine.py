@@ -401,13 +401,18 @@ class Engine:
             cache.save(keep=ids)
         return {c for i in ids for c in cache.entries.get(i, ())}
 
-    def save(self, names, size=0):
+    def save(self, names, size=0, platform=None):
         """A binary stream (read(n), close()) of `docker save names...`, images of about
         `size` bytes in all. A graphdriver engine exports every layer to a directory of its
         own before it sends a byte, so its silence may last as long as that export: the
-        stall timeout plus a second per ENGINE_RATE bytes."""
+        stall timeout plus a second per ENGINE_RATE bytes. platform (an OCI platform dict)
+        asks Docker 28+ (API 1.48) for that platform's manifest only; older engines ignore
+        the parameter and export every platform they hold."""
+        params = {"names": list(names)}
+        if platform:
+            params["platform"] = json.dumps(platform, separators=(",", ":"))
         timeout = self.stall_timeout() + size / ENGINE_RATE
-        conn, response = self._request("GET", "/images/get", {"names": list(names)}, timeout=timeout)
+        conn, response = self._request("GET", "/images/get", params, timeout=timeout)
         try:
             self._check(response)
         except _ApiError as err:

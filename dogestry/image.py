@@ -136,20 +136,27 @@ class Image:
 class EngineImage:
     """What an engine says of one of its images (its inspect), in the fields dogestry uses."""
 
-    __slots__ = ("id", "diff_ids", "repo_tags", "size", "readable")
+    __slots__ = ("id", "diff_ids", "repo_tags", "size", "readable", "platform")
 
-    def __init__(self, image_id, diff_ids, repo_tags, size, readable=True):
+    def __init__(self, image_id, diff_ids, repo_tags, size, readable=True, platform=None):
         self.id, self.diff_ids, self.repo_tags, self.size = image_id, diff_ids, repo_tags, size
         # False when the engine could not read the image's config: its inspect has neither
         # RootFS nor Os (Docker 28's containerd store, for an image lacking layer content).
         self.readable = readable
+        self.platform = platform  # {"os", "architecture"[, "variant"]} as an OCI platform, or None
 
     @classmethod
     def from_inspect(cls, found):
         rootfs = found.get("RootFS") or {}
+        platform = None
+        if isinstance(found.get("Os"), str) and isinstance(found.get("Architecture"), str) and \
+                found["Os"] and found["Architecture"]:
+            platform = {"os": found["Os"], "architecture": found["Architecture"]}
+            if isinstance(found.get("Variant"), str) and found["Variant"]:
+                platform["variant"] = found["Variant"]
         return cls(found["Id"], list(rootfs.get("Layers") or []),
                    [t for t in found.get("RepoTags") or [] if t != "<none>:<none>"], found.get("Size") or 0,
-                   readable=bool(rootfs or found.get("Os")))
+                   readable=bool(rootfs or found.get("Os")), platform=platform)
 
     def is_image(self, image):
         """True when this engine image is `image`: by config digest on a graphdriver engine, by

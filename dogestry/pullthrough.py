@@ -120,6 +120,13 @@ def pull_through_server(ctx, repo, plan):
         # go: an image pulled by id alone is loaded, as `docker load` keeps it nameless.
         ctx.detail("an image is pulled by id without a tag: every layer goes through docker load")
         return False
+    if any(layer.uncompressed_size == 0 for image in plan.images for layer in image.layers):
+        # A zero-byte layer is a valid empty diff (graphdriver engines export one as is), but
+        # containerd refuses to fetch a descriptor of size zero ("reports content size of
+        # zero"); its `docker load` takes one.
+        ctx.detail("an image has a zero-byte layer, which containerd will not fetch from a registry: every layer "
+                   "goes through docker load")
+        return False
     import secrets
 
     from .serve import Server
@@ -321,7 +328,18 @@ def export_checked(ctx, save_names, export):
     try:
         return export()
     except DogestryError as err:
-        if not ctx.engine.uses_containerd_store() or "the save stream lacks" not in str(err):
+        if not ctx.engine.uses_containerd_store():
+            raise
+        if "content digest" in str(err) and "not found" in str(err):
+            # An index of which the store holds another platform than this host's only
+            # (`docker pull --platform`): Docker before 28 exports the host's platform,
+            # whose content is absent; Docker 28 is asked for the image's own platform.
+            raise DogestryError(
+                f"cannot push {' '.join(save_names)}: the containerd image store lacks content its export needs "
+                f"({err}). An index holding only another platform than this host's (docker pull --platform) "
+                "exports from Docker 28 on; an image pulled over layers the store had lacks their content "
+                "(moby/moby#49473): remove every image sharing its layers and pull it again") from None
+        if "the save stream lacks" not in str(err):
             raise
         names = " ".join(save_names)
         raise DogestryError(

@@ -17,6 +17,7 @@ Pull (plan_load, then load):
 """
 
 import hashlib
+import json
 
 from .digests import chain_ids, of_hash
 from .dockertar import NotATar, load_tar_chunks, read_save_stream
@@ -212,7 +213,12 @@ def _export(ctx, repo, save_names, found_images, counts):
     """One `docker save` of save_names into repo (twice if a size bet was lost)."""
     likely_present = _sizes_of_present_layers(repo, found_images)
     size = sum(found.size for found in found_images)
-    stream = ctx.engine.save(save_names, size)
+    platform = found_images[0].platform if ctx.engine.uses_containerd_store() else None  # one: _platform_groups
+
+    def save():
+        return ctx.engine.save(save_names, size, platform=platform) if platform else ctx.engine.save(save_names, size)
+
+    stream = save()
     try:
         saved = store_save_stream(ctx, repo, stream, counts, likely_present)
     finally:
@@ -221,7 +227,7 @@ def _export(ctx, repo, save_names, found_images, counts):
     if missed:
         # A size matched but the content was new: export once more and store just those
         # entries (v1 layer paths are deterministic, so they name the same layers).
-        stream = ctx.engine.save(save_names, size)
+        stream = save()
         try:
             again = store_save_stream(ctx, repo, stream, counts, only_paths=missed)
         finally:
@@ -234,6 +240,19 @@ def _export(ctx, repo, save_names, found_images, counts):
         if _unread(saved):
             raise DogestryError("the engine's second export lacks layers of the first; retry the push")
     return publish_images(ctx, repo, saved)
+
+
+def _platform_groups(engine, wanted):
+    """[(EngineImage, Ref)] split into one save each per platform on the containerd store,
+    which Docker 28+ is asked for (engine.save): an index of which the store holds only
+    another platform than the host's (`docker pull --platform`) exports only so, and no
+    other platform's layers are read and stored. Elsewhere one save of all."""
+    if not engine.uses_containerd_store():
+        return [wanted]
+    groups = {}
+    for item in wanted:
+        groups.setdefault(json.dumps(item[0].platform, sort_keys=True), []).append(item)
+    return list(groups.values())
 
 
 def _match(images, found, ref, engine=None):
@@ -273,12 +292,14 @@ def save_images(ctx, repo, names, counts=None):
             to_save.append(index)
     if to_save:
         wanted = [requests[i] for i in to_save]
-        save_names = list(dict.fromkeys(str(ref) if ref else found.id for found, ref in wanted))
         if ctx.progress is not None:
             ctx.progress.set_total(sum(found.size for found, _ in wanted))
         with lease(repo):  # before the first object: a gc beside us keeps what we write (operations.py)
-            images = export_checked(ctx, save_names, lambda: _export(ctx, repo, save_names,
-                                                                     [found for found, _ in wanted], counts))
+            images = []
+            for group in _platform_groups(ctx.engine, wanted):
+                save_names = list(dict.fromkeys(str(ref) if ref else found.id for found, ref in group))
+                images += export_checked(ctx, save_names, lambda: _export(ctx, repo, save_names,
+                                                                          [found for found, _ in group], counts))
             matched = [_match(images, found, ref, ctx.engine) for found, ref in wanted]
             for index, (found, ref), image in zip(to_save, wanted, matched):
                 results[index] = (image.id, ref)
@@ -466,6 +487,12 @@ def load(ctx, repo, plan):
         finally:
             if ctx.progress is not None:
                 ctx.progress.clear()
+        if ctx.engine.uses_containerd_store():
+            # That store names an image by its manifest: the image id printed on stdout is
+            # unknown to `docker run`; an image with no tag is reachable only so.
+            for image in plan.images:
+                if not image.tags:
+                    ctx.info(f"image {image.id} is {image.manifest_digest} in the engine at {ctx.engine.host}")
     for engine_id, tags in plan.to_tag:
         for tag in tags:
             ctx.engine.tag(engine_id, tag)
