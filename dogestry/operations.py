@@ -43,12 +43,12 @@ from contextlib import contextmanager
 
 from .errors import CorruptObject, DogestryError, NotFound, UsageError
 from .refs import parse_ref
-from .repo import image_key, image_keys, ref_body, layer_descriptor_key, layer_key, lease_key, object_of_key
+from .repo import image_key, image_keys, layer_descriptor_key, layer_key, lease_key, object_of_key, ref_body
 
 LEASE_RENEW = 30       # seconds between a lease's rewrites
 LEASE_TIMEOUT = 300    # a lease not rewritten for this long belongs to a dead writer
 LEASE_SLACK = 2        # one storage clock, but S3 keeps whole seconds (and a multipart object its start)
-ETAG_LOOKUP_MIN = 16  # distinct ref etags from which a listing of image records is cheaper than GETs
+ETAG_LOOKUP_MIN = 16   # distinct ref etags from which a listing of image records is cheaper than GETs
 PARALLEL = 16          # reads in flight for list and gc (the S3 backend pools 16 connections)
 MAX_SHARE_INDEX = 64 << 20
 
@@ -96,8 +96,9 @@ def _read_refs(repo, refs):
 
     Refs whose listing gave one etag hold the same bytes (see ObjectInfo), so one read
     answers for all of them: on S3 a thousand tags of one image cost one GET, not a
-    thousand; a thousand tags of different images cost one listing of image records. A ref gone since the listing does not speak for the rest of its group: they
-    are then read one by one.
+    thousand; a thousand tags of different images cost one listing of image records. A
+    ref gone since the listing does not speak for the rest of its group: they are then
+    read one by one.
     """
     groups = {}
     for i, (_, info) in enumerate(refs):
@@ -126,8 +127,9 @@ def list_tags(repo, patterns=()):
     """[Row] for every ref matching a glob (name:tag or name), by name then newest push first.
 
     Refs come from one listing (with their last-write times); refs and image records are
-    then read PARALLEL at a time, each image record once and each ref content once (_read_refs). SIZE is the stored bytes of the
-    image's layers and config as its record gives them; None for a ref whose image is missing.
+    then read PARALLEL at a time, each image record once and each ref content once
+    (_read_refs). SIZE is the stored bytes of the image's layers and config as its record
+    gives them; None for a ref whose image is missing.
     """
     refs = [(ref, info) for ref, info in repo.ref_infos() if _matches(ref, patterns)]
     ids = _read_refs(repo, refs)
