@@ -216,7 +216,7 @@ def _export(ctx, repo, save_names, found_images, counts):
     platform = found_images[0].platform if ctx.engine.uses_containerd_store() else None  # one: _platform_groups
 
     def save():
-        return ctx.engine.save(save_names, size, platform=platform) if platform else ctx.engine.save(save_names, size)
+        return ctx.engine.save(save_names, size, platform=platform)
 
     stream = save()
     try:

@@ -81,7 +81,7 @@ class FakeEngine:
     def layer_chains(self):
         return {c for config, layers in self.images.values() for c in chain_ids([sha256_digest(x) for x in layers])}
 
-    def save(self, names, size=0):
+    def save(self, names, size=0, platform=None):
         self.saves.append(list(names))
         entries, manifest = [], []
         for name in names:
