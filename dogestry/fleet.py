@@ -7,8 +7,9 @@ thread per engine, over one shared view of the repository:
 - image records and configs are read once and handed to every engine;
 - a layer that more than one engine needs is fetched once from the remote, verified, into
   a spool file in the temp dir, and each engine's load streams from that spool (its last
-  chunk held until the fetch has verified the whole layer); a background fetcher fills the spools in load order, so the
-  engines' loads overlap the remote reads of the layers after the current one;
+  chunk held until the fetch has verified the whole layer); a background fetcher fills
+  the spools in load order, so the engines' loads overlap the remote reads of the layers
+  after the current one;
 - a layer only one engine needs streams straight from the remote, as a plain pull does.
 
 Disk holds at most the shared layers of the images being pulled, uncompressed, and each
