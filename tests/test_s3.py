@@ -119,6 +119,8 @@ def test_wrong_secret_missing_bucket_unreachable_endpoint(seaweed, d20, unique):
         (seaweed.url(prefix), env, "denied"),
         (f"s3://no-such-bucket-{unique}/{prefix}/?endpoint={seaweed.endpoint}", seaweed.env(d20.env()), "does not exist"),
         (f"s3://dogestry-test/{prefix}/?endpoint=http://127.0.0.1:9", seaweed.env(d20.env()), "cannot reach"),
+        (seaweed.url(prefix), dict(seaweed.env(d20.env()), AWS_PROFILE=f"nope{unique}", AWS_CONFIG_FILE="/dev/null"),
+         f"the AWS profile 'nope{unique}' is not in the AWS config files"),
     ]
     for url, case_env, message in cases:
         out = dogestry("push", url, f"t{unique}/base:1", env=case_env, check=False)
