@@ -61,6 +61,18 @@ def _http():
     return http.client
 
 
+# The API version of Docker 24, the first with the containerd image store.
+CONTAINERD_STORE_API = (1, 43)
+
+
+def _api_version(header):
+    """(major, minor) from an Api-Version header such as "1.41"; None when it is not one."""
+    major, dot, minor = (header or "").strip().partition(".")
+    if not (dot and major.isdigit() and minor.isdigit() and len(header) < 20):
+        return None
+    return int(major), int(minor)
+
+
 def _connection_errors():
     return (OSError, _http().HTTPException)
 
@@ -169,6 +181,7 @@ class Engine:
         self.host = host or DEFAULT_HOST
         self._environ = os.environ if environ is None else environ
         self._info = None
+        self._api_version = None  # (major, minor) from the first answer's Api-Version
         self._stall = stall  # seconds; None: DOGESTRY_STALL_TIMEOUT or its default
         self._local = threading.local()  # .slot: this thread's kept-alive connection
 
@@ -238,7 +251,10 @@ class Engine:
             slot.conn = conn
         try:
             conn.request(method, path)
-            return conn, conn.getresponse()
+            response = conn.getresponse()
+            if self._api_version is None:
+                self._api_version = _api_version(response.getheader("Api-Version"))
+            return conn, response
         except _connection_errors() as err:
             conn.close()
             if slot is not None:
@@ -311,7 +327,12 @@ class Engine:
         return self._info
 
     def uses_containerd_store(self):
-        """True when images live in containerd's content store (docker 24+ snapshotter)."""
+        """True when images live in containerd's content store (docker 24+ snapshotter).
+
+        An engine older than that store, as the Api-Version header of any answer so far says,
+        is not asked: /info takes 40 ms on Docker 20.10, a quarter of a pull it already has."""
+        if self._info is None and self._api_version is not None and self._api_version < CONTAINERD_STORE_API:
+            return False
         status = self.info().get("DriverStatus") or []
         return any(k == "driver-type" and "snapshotter" in v for k, v in status)
 

@@ -61,6 +61,24 @@ def test_save_load_round_trip(engine, unique):
     assert after.diff_ids == before.diff_ids and name in after.repo_tags
 
 
+def test_the_store_is_known_from_the_api_version_or_asked(engine, unique):
+    """An engine older than the containerd store (Docker 20.10 says API 1.41 on every answer)
+    is not asked /info once it has answered anything; a newer one is, and says its store."""
+    client = Engine(engine.host)
+    client.inspect(f"t{unique}/none:1")
+    uses = client.uses_containerd_store()
+    assert uses == (engine.name in ("d26c", "d28c"))
+    assert (client._info is None) == (engine.name == "d20"), (engine.name, client._api_version)
+
+
+@pytest.mark.parametrize("header,version", [("1.41", (1, 41)), ("1.43", (1, 43)), (" 1.51 ", (1, 51)),
+                                            ("", None), (None, None), ("1", None), ("1.x", None), ("a.b", None),
+                                            ("1.4.1", None), ("9" * 30 + ".1", None), ("-1.41", None)])
+def test_api_version_headers(header, version):
+    from dogestry.engine import _api_version
+    assert _api_version(header) == version
+
+
 def test_inspect_of_a_missing_image_is_none(engine, unique):
     client = Engine(engine.host)
     assert client.inspect(f"t{unique}/none:1") is None
