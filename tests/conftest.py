@@ -193,6 +193,39 @@ def dogestry(*args, env=None, input=None, check=True, cwd=None):
     return proc
 
 
+def add_bytes(tar, name, data):
+    """Add a regular file named name holding data to an open tarfile."""
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+
+
+def send_whole(handler, status, data, content_type):
+    """Answer a BaseHTTPRequestHandler's request with data, its type and its length."""
+    handler.send_response(status)
+    handler.send_header("Content-Type", content_type)
+    handler.send_header("Content-Length", str(len(data)))
+    handler.end_headers()
+    handler.wfile.write(data)
+
+
+def send_chunked(handler, pieces, finish=True):
+    """Answer with pieces as a chunked body, then close. True when the client read it all,
+    False when it hung up first (what a capped read does)."""
+    handler.send_response(200)
+    handler.send_header("Transfer-Encoding", "chunked")
+    handler.end_headers()
+    handler.close_connection = True
+    try:
+        for piece in pieces:
+            handler.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+        if finish:
+            handler.wfile.write(b"0\r\n\r\n")
+    except OSError:
+        return False
+    return True
+
+
 def tree(path):
     """Every file under path (relative) -> bytes, ignoring spool/temp entries."""
     out = {}

@@ -26,7 +26,7 @@ import uuid
 
 import pytest
 
-from conftest import BIN, dogestry
+from conftest import BIN, add_bytes, dogestry
 
 SECRET = "X-Amz-Signature=adversarysig0123456789"
 STALL = 4  # DOGESTRY_STALL_TIMEOUT for the network cases: each must end well within twice this
@@ -237,9 +237,7 @@ def _load_tar(layers, tag, env):
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
         def add(name, data):
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
+            add_bytes(tar, name, data)
         names = [f"{_digest(x)[7:]}/layer.tar" for x in layers]
         for name, data in dict(zip(names, layers)).items():
             add(name, data)

@@ -19,7 +19,7 @@ from http.server import BaseHTTPRequestHandler
 
 import pytest
 
-from conftest import dogestry
+from conftest import dogestry, send_chunked, send_whole
 from dogestry.engine import MAX_JSON, Engine
 from dogestry.errors import EngineError, NotFound
 from dogestry.refs import Ref
@@ -207,25 +207,11 @@ class FakeHandler(BaseHTTPRequestHandler):
         pass
 
     def answer(self, status, body, content_type="application/json"):
-        data = body if isinstance(body, bytes) else json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        send_whole(self, status, body if isinstance(body, bytes) else json.dumps(body).encode(), content_type)
 
     def chunked(self, pieces, finish=True):
-        self.send_response(200)
-        self.send_header("Transfer-Encoding", "chunked")
-        self.end_headers()
-        try:
-            for piece in pieces:
-                self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
-            if finish:
-                self.wfile.write(b"0\r\n\r\n")
-        except (BrokenPipeError, ConnectionResetError):
+        if not send_chunked(self, pieces, finish):
             self.server.hung_up.set()  # the client stopped reading: what a capped read does
-        self.close_connection = True
 
     def do_GET(self):
         mode, path = self.server.mode, self.path.split("?")[0]

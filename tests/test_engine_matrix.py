@@ -37,15 +37,13 @@ import gzip
 import hashlib
 import io
 import json
-import os
-import shutil
 import tarfile
 import uuid
 from pathlib import Path
 
 import pytest
 
-from conftest import BUSYBOX, ENGINES, TestEngine, dogestry
+from conftest import BUSYBOX, ENGINES, TestEngine, add_bytes, dogestry
 
 ALL = ["d20", "d26", "d26c", "d28c"]
 CONTAINERD = {"d26c", "d28c"}
@@ -220,9 +218,7 @@ class _Layout:
         buf = io.BytesIO()
         with tarfile.open(fileobj=buf, mode="w") as tar:
             def add(name, data):
-                info = tarfile.TarInfo(name)
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
+                add_bytes(tar, name, data)
             for digest, data in self.blobs.items():
                 add(f"blobs/sha256/{digest[7:]}", data)
             add("oci-layout", b'{"imageLayoutVersion":"1.0.0"}')

@@ -28,7 +28,7 @@ from xml.sax.saxutils import escape
 
 import pytest
 
-from conftest import BIN
+from conftest import BIN, send_chunked, send_whole
 from test_fuzz import SEEDS
 
 STALL = 3  # DOGESTRY_STALL_TIMEOUT: every network case must end within a few times this
@@ -754,24 +754,10 @@ class _EngineHandler(http.server.BaseHTTPRequestHandler):
         return "engine"
 
     def json(self, value, status=200):
-        data = value if isinstance(value, bytes) else json.dumps(value).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        send_whole(self, status, value if isinstance(value, bytes) else json.dumps(value).encode(), "application/json")
 
     def stream(self, pieces):
-        self.send_response(200)
-        self.send_header("Transfer-Encoding", "chunked")
-        self.end_headers()
-        try:
-            for piece in pieces:
-                self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
-            self.wfile.write(b"0\r\n\r\n")
-        except OSError:
-            pass  # the client hung up: what it should do with an endless stream
-        self.close_connection = True
+        send_chunked(self, pieces)  # a hang-up is what the client should do with an endless stream
 
     def do_GET(self):
         path = self.path.split("?")[0]
