@@ -52,27 +52,40 @@ class _Lz4Compressor:
 
 
 class _Lz4Decompressor:
+    """lz4 frames, one after another: lz4's own tools write and read concatenated frames (and
+    skippable ones), and a writer that compresses in parallel may well store a layer so. The
+    output never depends on where the chunks happen to break (python-lz4 alone drops the
+    frames after the first when one chunk holds the end of one and the start of the next)."""
+
     def __init__(self):
         import lz4.frame
 
-        self._d = lz4.frame.LZ4FrameDecompressor()
+        self._new = lz4.frame.LZ4FrameDecompressor
+        self._d = self._new()
+        self._began = False  # bytes went into the current frame
 
     def decompress(self, data):
         """Yield the decoded bytes of data in pieces of at most OUT_CHUNK."""
         try:
-            out = self._d.decompress(data, max_length=OUT_CHUNK)
-            if out:
-                yield out
-            while not self._d.needs_input and not self._d.eof:
-                out = self._d.decompress(b"", max_length=OUT_CHUNK)
-                if not out:
-                    break
-                yield out
+            while data:
+                if self._d.eof:
+                    self._d = self._new()
+                self._began = True
+                out = self._d.decompress(data, max_length=OUT_CHUNK)
+                if out:
+                    yield out
+                while not self._d.needs_input and not self._d.eof:
+                    out = self._d.decompress(b"", max_length=OUT_CHUNK)
+                    if not out:
+                        break
+                    yield out
+                # What this chunk held beyond the end of a frame is the start of the next.
+                data = (self._d.unused_data or b"") if self._d.eof else b""
         except RuntimeError as err:
             raise ValueError(f"lz4 frame is damaged: {err}") from None
 
     def end(self):
-        if not self._d.eof:
+        if not (self._began and self._d.eof):
             raise ValueError("lz4 frame is truncated")
         return b""
 

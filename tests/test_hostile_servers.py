@@ -600,6 +600,42 @@ def test_one_layer_described_in_two_codecs(local_repo):
         assert hexes[1] in line, line
 
 
+def _lz4_frames(tar, trailer=b""):
+    """tar as lz4's own tools may store it: three frames, the first followed by a skippable one."""
+    import lz4.frame
+
+    third = max(1, len(tar) // 3)
+    skippable = (0x184D2A50).to_bytes(4, "little") + (5).to_bytes(4, "little") + b"skip!"
+    frames = [lz4.frame.compress(tar[i:i + third]) for i in range(0, len(tar), third)]
+    return frames[0] + skippable + b"".join(frames[1:]) + trailer
+
+
+def test_a_layer_stored_as_several_lz4_frames_reads_whole(local_repo, tiny_image):
+    """Frames one after another are one lz4 stream (lz4 -d reads them so): before, the frames
+    after the first were dropped when one read held the end of one frame and the start of the
+    next, and the layer failed its diffID for no fault of its own."""
+    eng, _ = tiny_image
+    root, image_id, hexes = local_repo
+    for hexid in dict.fromkeys(hexes):  # the seed has one layer twice
+        _recode(root, image_id, hexid, "lz4", _lz4_frames)
+    assert run("verify", str(root)).returncode == 0
+    name = f"frames{uuid.uuid4().hex[:8]}:1"
+    assert run("update-ref", str(root), name, image_id).returncode == 0
+    eng.created.append(name)
+    pulled = run("pull", str(root), name, env={"DOCKER_HOST": eng.host})
+    assert pulled.returncode == 0, pulled.stderr
+    assert eng.api.inspect_image(name)["RootFS"]["Layers"] == ["sha256:" + h for h in hexes]
+
+
+def test_bytes_after_the_last_lz4_frame_are_damage(local_repo):
+    root, image_id, hexes = local_repo
+    _recode(root, image_id, hexes[1], "lz4", lambda tar: _lz4_frames(tar, trailer=b"not a frame"))
+    line = one_line_error(run("build-load-tar", str(root), "app:1"))
+    assert hexes[1] in line and "lz4" in line, line
+    verify = run("verify", str(root))
+    assert verify.returncode == 1 and hexes[1] in verify.stdout.decode(), verify.stdout
+
+
 def test_an_image_record_with_fields_from_a_future_version(local_repo):
     root, image_id, hexes = local_repo
     record_path = root / f"images/sha256/{image_id[7:]}.json"
