@@ -273,17 +273,18 @@ class Repository:
             desc = self._repair_descriptor(diff_id)
         return desc
 
-    def store_layer(self, chunks, expect_diff_id=None):
+    def store_layer(self, chunks, expect_diff_id=None, wanted=None):
         """Store an uncompressed layer tar given as chunks; return (descriptor, newly stored).
 
         When the diffID is known up front (Docker 25+ names layer blobs by it) the bytes
         stream straight to their key and are checked at the end; otherwise they are
         hashed and compressed into a spool, because the key is only certain once the last
-        byte is read.
+        byte is read. A spooled layer whose diffID is not in `wanted` (when given) is
+        dropped with its spool: (its unpublished descriptor, None).
         """
         self._prepare_write()
         if expect_diff_id is None:
-            return self._store_spooled(chunks)
+            return self._store_spooled(chunks, wanted)
         present = self.present_layer(expect_diff_id)
         if present is not None:
             for _ in chunks:
@@ -303,11 +304,13 @@ class Repository:
             raise
         return self._publish_descriptor(desc, published)
 
-    def _store_spooled(self, chunks):
+    def _store_spooled(self, chunks, wanted=None):
         spool = self.backend.spool()
         try:
             desc = layerstore.encode(chunks, self.codec, spool.write)
             spool.close()
+            if wanted is not None and desc.diff_id not in wanted:
+                return desc, None
             present = self.present_layer(desc.diff_id)
             if present is not None:
                 return present, False

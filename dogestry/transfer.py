@@ -136,12 +136,20 @@ class _RepoSink:
     reading it. likely_present holds the tar sizes of layers the repository already has:
     an entry of such a size is only hashed, not compressed and spooled; when the bet is
     lost the result has no descriptor and the caller saves again. With only_paths,
-    entries at other paths are only hashed (that second, targeted pass).
+    entries at other paths are only hashed (that second, targeted pass). With wanted (a
+    set of diffIDs), a layer not in it is read but not stored: Docker 26's containerd
+    store exports every platform of an index, and only the pushed images' layers belong
+    in the repository (one the manifest does name after all is stored by the second pass).
     """
 
-    def __init__(self, ctx, repo, counts, likely_present=(), only_paths=None):
+    def __init__(self, ctx, repo, counts, likely_present=(), only_paths=None, wanted=None):
         self.ctx, self.repo, self.counts = ctx, repo, counts
-        self.likely_present, self.only_paths = likely_present, only_paths
+        self.likely_present, self.only_paths, self.wanted = likely_present, only_paths, wanted
+
+    def _unwanted(self, diff_id, path):
+        self.ctx.detail(f"not stored: layer {diff_id} of the export belongs to no image being pushed "
+                        "(another platform of an index)")
+        return LayerResult(diff_id, path=path)
 
     def _skipped(self, desc):
         self.counts.skip(desc.uncompressed_size)
@@ -155,6 +163,10 @@ class _RepoSink:
     def store(self, chunks, expect, path, size):
         if self.only_paths is not None and path not in self.only_paths:
             return LayerResult(_hash_only(chunks), path=path)
+        if expect is not None and self.wanted is not None and expect not in self.wanted:
+            for _ in chunks:  # named by its diffID: nothing to learn from its bytes
+                pass
+            return self._unwanted(expect, path)
         if expect is None and size in self.likely_present and self.only_paths is None:
             diff_id = _hash_only(chunks)
             desc = self.repo.present_layer(diff_id)
@@ -162,7 +174,9 @@ class _RepoSink:
                 return self._skipped(desc)
             self.ctx.detail(f"layer {diff_id} is new though its size matched a known one; it will be read again")
             return LayerResult(diff_id, path=path)
-        desc, new = self.repo.store_layer(chunks, expect)
+        desc, new = self.repo.store_layer(chunks, expect, self.wanted)
+        if new is None:
+            return self._unwanted(desc.diff_id, path)
         if not new:
             return self._skipped(desc)
         self.counts.store(desc)
@@ -170,9 +184,9 @@ class _RepoSink:
         return LayerResult(desc.diff_id, desc)
 
 
-def store_save_stream(ctx, repo, stream, counts=None, likely_present=(), only_paths=None):
+def store_save_stream(ctx, repo, stream, counts=None, likely_present=(), only_paths=None, wanted=None):
     """Read a `docker save` stream into repo (layers only); return [dockertar.SavedImage]."""
-    sink = _RepoSink(ctx, repo, counts or Counts(), likely_present, only_paths)
+    sink = _RepoSink(ctx, repo, counts or Counts(), likely_present, only_paths, wanted)
     try:
         return read_save_stream(stream, sink, ctx.progress)
     except NotATar as err:
@@ -213,14 +227,17 @@ def _export(ctx, repo, save_names, found_images, counts):
     """One `docker save` of save_names into repo (twice if a size bet was lost)."""
     likely_present = _sizes_of_present_layers(repo, found_images)
     size = sum(found.size for found in found_images)
-    platform = found_images[0].platform if ctx.engine.uses_containerd_store() else None  # one: _platform_groups
+    containerd = ctx.engine.uses_containerd_store()
+    platform = found_images[0].platform if containerd else None  # one: _platform_groups
+    # Docker 26 exports every platform of an index: keep only the layers of these images.
+    wanted = {diff_id for found in found_images for diff_id in found.diff_ids} if containerd else None
 
     def save():
         return ctx.engine.save(save_names, size, platform=platform)
 
     stream = save()
     try:
-        saved = store_save_stream(ctx, repo, stream, counts, likely_present)
+        saved = store_save_stream(ctx, repo, stream, counts, likely_present, wanted=wanted)
     finally:
         stream.close()
     missed = _unread(saved)
