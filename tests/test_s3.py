@@ -169,6 +169,12 @@ def test_s3_url_options_are_checked():
     assert out.returncode == 2 and "regoin" in out.stderr.decode()
     out = dogestry("remote", "s3:///p/", check=False)
     assert out.returncode == 2 and "no bucket" in out.stderr.decode()
+    for bucket in ("a b", "b" * 256, "bucket%2f", "b\u00e9"):
+        out = dogestry("remote", f"s3://{bucket}/p/?endpoint=http://127.0.0.1:9", check=False)
+        err = out.stderr.decode()
+        assert out.returncode == 2 and "not a bucket name" in err and len(err.splitlines()) == 1, err
+    out = dogestry("remote", "s3://bucket/p/#x?endpoint=http://127.0.0.1:9", check=False)
+    assert out.returncode == 2 and "fragment" in out.stderr.decode()
 
 
 def test_a_stalled_server_is_said_and_given_up_on_within_the_stall_timeout():

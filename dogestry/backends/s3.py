@@ -10,6 +10,7 @@ imported only when an s3:// remote is used.
 """
 
 import os
+import re
 import stat
 import threading
 import time
@@ -37,6 +38,9 @@ _TRANSIENT_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTim
                     "BandwidthLimitExceeded", "EC2ThrottledException"}
 
 
+_BUCKET_RE = re.compile(r"[A-Za-z0-9._-]{1,255}")
+
+
 def parse_s3_url(url):
     try:
         parts = urlsplit(url)
@@ -50,6 +54,13 @@ def parse_s3_url(url):
         # userinfo would be credentials typed into the URL: never echo it
         raise UsageError("an S3 URL names a bucket, without user, password or port (s3://BUCKET/PREFIX/); "
                          "credentials come from the AWS chain or [s3] in dogestry.cfg, the endpoint from ?endpoint=")
+    if not _BUCKET_RE.fullmatch(bucket):
+        # botocore's own check, said as a usage error rather than a ParamValidationError
+        raise UsageError(f"S3 URL {mask_url(url)[:200]!r} names bucket {bucket[:70]!r}, which is not a bucket name "
+                         "(1 to 255 letters, digits, '.', '-' and '_')")
+    if parts.fragment:
+        # '#' ends the URL: what follows it, ?endpoint= too, would be silently dropped
+        raise UsageError(f"S3 URL {mask_url(url)[:200]!r} has a '#' in it; S3 URLs have no fragment")
     prefix = parts.path.lstrip("/")
     if any(part in (".", "..") for part in prefix.split("/")):
         # S3 keys are literal, so ../ would not go up: some stores refuse it, others make a
