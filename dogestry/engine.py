@@ -584,6 +584,11 @@ class Engine:
         """Remove the name `name` (name:tag); the image stays while another name holds it."""
         self._json("DELETE", f"/images/{_quote(name)}", {"noprune": "1"}, missing_ok=True)
 
+    def names_matching(self, pattern):
+        """The names (name:tag) `docker images PATTERN` shows."""
+        found = self._images({"filters": json.dumps({"reference": [pattern]})})
+        return [tag for img in found for tag in (img.get("RepoTags") or []) if isinstance(tag, str)]
+
     def lists(self, name):
         """True when `docker images` shows name: the containerd store hides an image whose
         content is incomplete (it runs, but cannot be saved)."""

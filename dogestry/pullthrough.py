@@ -12,12 +12,17 @@ pull, push and resolve consult those aliases. transfer.py calls in here and re-e
 these names; nothing here imports transfer.
 """
 
+import re
+import threading
+
 from .digests import from_hex, hex_of
 from .dockertar import load_tar_chunks
 from .errors import DogestryError, NotFound
 from .refs import looks_like_id
 
 PULL_NAME = "dogestry-pull"  # + a random suffix: the temporary name an image is pulled under
+# What a pull names an image while the engine pulls it: 127.0.0.1:PORT/dogestry-pull-HEX:ID.
+_TEMPORARY_RE = re.compile(r"127\.0\.0\.1:(?P<port>[0-9]{1,5})/" + PULL_NAME + r"-[0-9a-f]{12}:[0-9a-f]{64}")
 
 
 class _PullView:
@@ -137,6 +142,7 @@ def pull_through_server(ctx, repo, plan):
     server = Server(view, ("127.0.0.1", 0), log=lambda line: None, warn=warnings.append)
     port = server.start()
     temporary = []
+    sweeper = None
     progress = ctx.progress
     if progress is not None:
         progress.set_total(sum(layer.uncompressed_size for layer in _distinct_layers(plan.images)))
@@ -156,6 +162,12 @@ def pull_through_server(ctx, repo, plan):
                 raise DogestryError(f"pulling image {image.id} through a loopback registry: "
                                     f"{next((w for w in warnings if 'corrupt' in w), warnings[-1]) if warnings else err}") from None
             temporary.append(pulled)
+            if sweeper is None and view.requests:
+                # The engine reached this process's loopback, so a live pull's port answers
+                # on ours: names a killed pull left can be told apart, beside the rest.
+                sweeper = threading.Thread(target=_remove_names_killed_pulls_left, args=(engine, port),
+                                           name="dogestry-sweep", daemon=True)
+                sweeper.start()
             found = engine.inspect(pulled)
             completed = False
             if found is not None and not found.diff_ids and image.diff_ids:
@@ -174,6 +186,8 @@ def pull_through_server(ctx, repo, plan):
         server.stop()
         for pulled in temporary:
             engine.remove_tag(pulled)
+        if sweeper is not None:
+            sweeper.join()
         if progress is not None:
             progress.clear()
     served = set(view.served)
@@ -190,6 +204,39 @@ def pull_through_server(ctx, repo, plan):
         for tag in tags:
             engine.tag(engine_id, tag)
     return True
+
+
+def _remove_names_killed_pulls_left(engine, own_port):
+    """Remove the temporary names of pulls killed between the engine's pull and the name's
+    removal: 127.0.0.1:PORT/dogestry-pull-... whose PORT nobody listens on any more (a pull
+    serves on its port until it has removed its names). Best effort, and said nowhere:
+    the names are harmless, and Docker 26 does not list an image whose content is
+    incomplete, so such a name stays there."""
+    try:
+        names = engine.names_matching(f"127.0.0.1:*/{PULL_NAME}-*")
+    except DogestryError:
+        return
+    for name in names:
+        found = _TEMPORARY_RE.fullmatch(name)
+        if found is None or int(found["port"]) == own_port or _listened_on(int(found["port"])):
+            continue
+        try:
+            engine.remove_tag(name)
+        except DogestryError:
+            pass
+
+
+def _listened_on(port):
+    """False only when a connection to 127.0.0.1:port is refused: in doubt, a name stays."""
+    import socket
+
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2):
+            return True
+    except ConnectionRefusedError:
+        return False
+    except (OSError, OverflowError):
+        return True
 
 
 def complete_pulled(ctx, repo, image, served):

@@ -171,6 +171,39 @@ def test_pull_completes_a_hidden_image_the_engine_already_has(engine_named, uniq
     assert _ids(dogestry("push", second, f"t{unique}/app:1", env=eng.env())) == [image_id]
     dogestry("verify", second)
 
+@pytest.mark.parametrize("store", STORES)
+def test_a_pull_removes_the_temporary_names_killed_pulls_left(engine_named, unique, tmp_path, store):
+    """A pull killed between the engine's pull and the removal of its temporary name leaves
+    127.0.0.1:PORT/dogestry-pull-...: the next pull through the server removes such a name
+    once nothing listens on its PORT, and leaves one whose PORT is still served."""
+    import socket
+
+    eng = engine_named(store)
+    eng.import_base(f"t{unique}/base:1")
+    eng.build(f"t{unique}/app:1", f"t{unique}/base:1", {"a.txt": "one\n"}, run="true")
+    repo = str(tmp_path / "repo")
+    dogestry("push", repo, f"t{unique}/app:1", env=eng.env())
+    eng.rmi(f"t{unique}/app:1")
+    live = socket.socket()
+    live.bind(("127.0.0.1", 0))
+    live.listen(8)
+    with socket.socket() as probe:  # a port bound, then let go: nobody listens on it now
+        probe.bind(("127.0.0.1", 0))
+        dead = probe.getsockname()[1]
+    names = {port: f"127.0.0.1:{port}/dogestry-pull-{unique[:6]}{port:06x}:{'a' * 64}"
+             for port in (dead, live.getsockname()[1])}
+    try:
+        for name in names.values():
+            eng.api.tag(f"t{unique}/base:1", *name.rsplit(":", 1))
+            eng.created.append(name)
+        dogestry("pull", repo, f"t{unique}/app:1", env=eng.env())
+        assert f"t{unique}/app:1" in eng.tags()
+        left = {t for t in eng.tags() if "/dogestry-pull-" in t}
+        assert names[dead] not in left and names[live.getsockname()[1]] in left, left
+    finally:
+        live.close()
+
+
 def test_records_name_the_image_asked_for(engine, unique, tmp_path):
     repo = str(tmp_path / "repo")
     engine.import_base(f"t{unique}/base:1")
