@@ -8,7 +8,9 @@
     anything that writes                           405 UNSUPPORTED
 
 Manifests are image.Image.manifest(), byte for byte, so an image pulled into the
-containerd store gets the id `dogestry pull` would give it. A client that accepts only
+containerd store gets the id `dogestry pull` would give it; the one exception is an image
+with a zero-byte layer, which containerd would not fetch: that layer is described, and
+served, as a 20-byte gzip of nothing (EMPTY_GZIP). A client that accepts only
 Docker schema 2 gets the same image described in that schema (another digest). Layers go
 out uncompressed (media type ...layer.v1.tar, digest = diffID), decompressed from the stored
 codec as they stream and verified by Repository.layer_chunks, which fails before the last
@@ -67,6 +69,8 @@ OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
 DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar"
+DOCKER_GZIP_LAYER = "application/vnd.docker.image.rootfs.diff.tar.gzip"
+OCI_GZIP_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
 BLOB = "application/octet-stream"
 
 # distribution-spec v1.1 grammars. Neither admits `%`, an empty component or one that
@@ -96,6 +100,27 @@ class _Refusal(Exception):
         self.status, self.code, self.message = status, code, message
 
 
+# containerd will not fetch a descriptor of size zero ("reports content size of zero"), yet
+# a zero-byte layer is a valid empty diff (graphdriver engines export one as is). Such a
+# layer goes out as this gzip stream of nothing: 20 bytes whose content is the zero bytes,
+# so the diffID every client computes while unpacking is still the layer's.
+EMPTY_GZIP = bytes.fromhex("1f8b08000000000000ff03000000000000000000")
+EMPTY_GZIP_DIGEST = sha256_digest(EMPTY_GZIP)
+_EMPTY_LAYER = {"digest": EMPTY_GZIP_DIGEST, "size": len(EMPTY_GZIP)}
+
+
+def oci_manifest(record):
+    """The image as the OCI manifest dogestry loads it with (record.manifest(), whose digest
+    the containerd store names it by), a zero-byte layer described as EMPTY_GZIP."""
+    data = record.manifest()
+    if all(layer.uncompressed_size for layer in record.layers):
+        return data
+    manifest = json.loads(data)
+    manifest["layers"] = [dict(_EMPTY_LAYER, mediaType=OCI_GZIP_LAYER) if layer["size"] == 0 else layer
+                          for layer in manifest["layers"]]
+    return json.dumps(manifest, separators=(",", ":")).encode()
+
+
 def docker_manifest(record):
     """The image as a Docker schema 2 manifest, for clients that accept nothing newer."""
     manifest = {
@@ -103,6 +128,7 @@ def docker_manifest(record):
         "mediaType": DOCKER_MANIFEST,
         "config": {"mediaType": DOCKER_CONFIG, "size": record.config_size, "digest": record.id},
         "layers": [{"mediaType": DOCKER_LAYER, "size": layer.uncompressed_size, "digest": layer.diff_id}
+                   if layer.uncompressed_size else dict(mediaType=DOCKER_GZIP_LAYER, **_EMPTY_LAYER)
                    for layer in record.layers],
     }
     return json.dumps(manifest, separators=(",", ":")).encode()
@@ -136,7 +162,7 @@ class _Catalog:
         return record
 
     def _add(self, record):
-        manifests = {OCI_MANIFEST: record.manifest(),
+        manifests = {OCI_MANIFEST: oci_manifest(record),
                      DOCKER_MANIFEST: docker_manifest(record)}
         with self._lock:
             self._records[record.id] = record
@@ -568,6 +594,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _blob(self, name, digest):
         self._tags_of(name)
         catalog = self.server.app.catalog
+        if digest == EMPTY_GZIP_DIGEST:  # what a zero-byte layer is served as
+            return self._send_bytes(digest, EMPTY_GZIP)
         if catalog.is_image(digest):
             config = self._repo.get_config(digest)
             return self._send_bytes(digest, config)

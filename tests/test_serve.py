@@ -666,6 +666,42 @@ def test_docker_pull_from_serve(engine, unique, tmp_path):
     assert engine.run(name) == f"hello {unique}\n"
 
 
+def test_docker_pull_of_an_image_with_a_zero_byte_layer(engine, unique, tmp_path):
+    """A zero-byte layer is a valid empty diff, but containerd will not fetch a descriptor of
+    size zero: serve describes and sends it as a 20-byte gzip of nothing, which every client
+    unpacks to the same diffID. Before, the containerd store could not pull such an image."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        info = tarfile.TarInfo("hello.txt")
+        info.size = len(unique)
+        tar.addfile(info, io.BytesIO(unique.encode()))
+    layers = [buf.getvalue(), b""]
+    diff_ids = [sha256(layer) for layer in layers]
+    config = json.dumps({"architecture": "amd64", "os": "linux", "config": {},
+                         "rootfs": {"type": "layers", "diff_ids": diff_ids}}).encode()
+    save = io.BytesIO()
+    with tarfile.open(fileobj=save, mode="w") as tar:
+        members = {f"l{i}/layer.tar": layer for i, layer in enumerate(layers)}
+        members.update({"config.json": config, "manifest.json": json.dumps(
+            [{"Config": "config.json", "RepoTags": [f"t{unique}/zero:1"], "Layers": sorted(members)}]).encode()})
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    repo = str(tmp_path / "repo")
+    dogestry("update-ref", "--stdin", repo, input=dogestry("save-to-repo", "--input", "-", repo,
+                                                           input=save.getvalue()).stdout)
+    with serving(repo, tmp_path) as srv:
+        status, _, body = srv.request("GET", f"/v2/t{unique}/zero/manifests/1",
+                                      {"Accept": "application/vnd.oci.image.manifest.v1+json"})
+        assert status == 200 and [layer["size"] for layer in json.loads(body)["layers"]] == [len(layers[0]), 20]
+        name = f"{srv.host}/t{unique}/zero:1"
+        engine.created.append(name)
+        pulled = subprocess.run(["docker", "-H", engine.host, "pull", name], capture_output=True, timeout=300)
+        assert pulled.returncode == 0, pulled.stderr.decode()
+    assert engine.inspect(name)["RootFS"]["Layers"] == diff_ids
+
+
 def test_skopeo_inspect_and_copy(small_repo, tmp_path):
     record, config, manifest = repo_image(small_repo, "team/app:1")
     with serving(small_repo, tmp_path) as srv:
