@@ -11,7 +11,7 @@ are unversioned: the engine serves its newest API, as the SDK's version="auto" d
 Images come back as image.EngineImage. The unit tests of push and pull planning
 (tests/test_transfer_plan.py) use a fake of the methods those paths call:
 uses_containerd_store, inspect, require, layer_chains, save, load, tag.
-The containerd store's pull (pull, remove_tag, lists, inspect_details, is_local) is tested
+The containerd store's pull (pull, remove_tag, names_matching, inspect_details, is_local) is tested
 against real engines only; the protocol's failures against a fake engine
 (tests/test_engine_client.py).
 """
@@ -585,14 +585,10 @@ class Engine:
         self._json("DELETE", f"/images/{_quote(name)}", {"noprune": "1"}, missing_ok=True)
 
     def names_matching(self, pattern):
-        """The names (name:tag) `docker images PATTERN` shows."""
+        """The names (name:tag) `docker images PATTERN` shows. The containerd store hides an
+        image whose content is incomplete (it runs, but cannot be saved) from it."""
         found = self._images({"filters": json.dumps({"reference": [pattern]})})
         return [tag for img in found for tag in (img.get("RepoTags") or []) if isinstance(tag, str)]
-
-    def lists(self, name):
-        """True when `docker images` shows name: the containerd store hides an image whose
-        content is incomplete (it runs, but cannot be saved)."""
-        return bool(self._images({"filters": json.dumps({"reference": [name]})}))
 
 
 # A host name or an IP address literal (IPv6 with an optional zone): nothing that

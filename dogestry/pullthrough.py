@@ -22,6 +22,7 @@ from .refs import looks_like_id
 
 PULL_NAME = "dogestry-pull"  # + a random suffix: the temporary name an image is pulled under
 # What a pull names an image while the engine pulls it: 127.0.0.1:PORT/dogestry-pull-HEX:ID.
+TEMPORARY_NAMES = f"127.0.0.1:*/{PULL_NAME}-*"  # every such name, as `docker images` matches it
 _TEMPORARY_RE = re.compile(r"127\.0\.0\.1:(?P<port>[0-9]{1,5})/" + PULL_NAME + r"-[0-9a-f]{12}:[0-9a-f]{64}")
 
 
@@ -142,7 +143,7 @@ def pull_through_server(ctx, repo, plan):
     server = Server(view, ("127.0.0.1", 0), log=lambda line: None, warn=warnings.append)
     port = server.start()
     temporary = []
-    sweeper = None
+    listed = None  # the engine's temporary names, once listed
     progress = ctx.progress
     if progress is not None:
         progress.set_total(sum(layer.uncompressed_size for layer in _distinct_layers(plan.images)))
@@ -162,12 +163,6 @@ def pull_through_server(ctx, repo, plan):
                 raise DogestryError(f"pulling image {image.id} through a loopback registry: "
                                     f"{next((w for w in warnings if 'corrupt' in w), warnings[-1]) if warnings else err}") from None
             temporary.append(pulled)
-            if sweeper is None and view.requests:
-                # The engine reached this process's loopback, so a live pull's port answers
-                # on ours: names a killed pull left can be told apart, beside the rest.
-                sweeper = threading.Thread(target=_remove_names_killed_pulls_left, args=(engine, port),
-                                           name="dogestry-sweep", daemon=True)
-                sweeper.start()
             found = engine.inspect(pulled)
             completed = False
             if found is not None and not found.diff_ids and image.diff_ids:
@@ -178,11 +173,21 @@ def pull_through_server(ctx, repo, plan):
                                     "layers than the repository records")
             # An image hides from `docker images` only when the unpacker skipped a layer's
             # content; with every layer sent there is nothing to ask (a round trip saved).
-            if not completed and not set(image.diff_ids) <= set(view.served) and not engine.lists(pulled):
-                view.served += complete_pulled(ctx, repo, image, set(view.served))
+            # One listing of every temporary name serves this and the sweep below.
+            if not completed and not set(image.diff_ids) <= set(view.served):
+                listed = engine.names_matching(TEMPORARY_NAMES)
+                if pulled not in listed:
+                    view.served += complete_pulled(ctx, repo, image, set(view.served))
             for tag in image.tags:
                 engine.tag(found.id, tag)
     finally:
+        sweeper = None
+        if view.requests:
+            # The engine reached this process's loopback, so a live pull's port answers on
+            # ours: names that killed pulls left can be told apart, beside the rest.
+            sweeper = threading.Thread(target=_remove_names_killed_pulls_left, args=(engine, port, listed),
+                                       name="dogestry-sweep", daemon=True)
+            sweeper.start()
         server.stop()
         for pulled in temporary:
             engine.remove_tag(pulled)
@@ -206,14 +211,14 @@ def pull_through_server(ctx, repo, plan):
     return True
 
 
-def _remove_names_killed_pulls_left(engine, own_port):
+def _remove_names_killed_pulls_left(engine, own_port, names=None):
     """Remove the temporary names of pulls killed between the engine's pull and the name's
     removal: 127.0.0.1:PORT/dogestry-pull-... whose PORT nobody listens on any more (a pull
-    serves on its port until it has removed its names). Best effort, and said nowhere:
-    the names are harmless, and Docker 26 does not list an image whose content is
-    incomplete, so such a name stays there."""
+    serves on its port until it has removed its names). names: the engine's temporary
+    names if already listed. Best effort, and said nowhere: the names are harmless, and
+    Docker 26 does not list an image whose content is incomplete, so such a name stays."""
     try:
-        names = engine.names_matching(f"127.0.0.1:*/{PULL_NAME}-*")
+        names = engine.names_matching(TEMPORARY_NAMES) if names is None else names
     except DogestryError:
         return
     for name in names:

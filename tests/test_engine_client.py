@@ -95,7 +95,9 @@ def test_tag_lists_and_remove_tag(engine, unique):
     client.tag(image_id, Ref(f"t{unique}/other", "2"))
     assert {base, f"t{unique}/other:2"} <= engine.tags()
     assert f"t{unique}/other:2" in client.tagged_names()
-    assert client.lists(f"t{unique}/other:2") and not client.lists(f"t{unique}/none:1")
+    assert client.names_matching(f"t{unique}/other:2") == [f"t{unique}/other:2"]
+    assert client.names_matching(f"t{unique}/none:1") == []
+    assert f"t{unique}/other:2" in client.names_matching(f"t{unique}/oth*")
     assert image_id in client.image_ids()
     client.remove_tag(f"t{unique}/other:2")
     assert f"t{unique}/other:2" not in engine.tags()
