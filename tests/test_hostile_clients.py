@@ -1,0 +1,209 @@
+"""A third adversarial pass: `dogestry serve` against hostile HTTP clients over raw
+sockets, plumbing records, hostile configuration and environment, signals, odd names.
+
+Rule for every case (RELIABILITY.md, "Third adversarial pass"): no internal error or
+traceback, no hang, bounded memory; a failure is one line `dogestry: ...` naming the object,
+file or host, exit 1 (2 for usage); nothing half-written. Everything runs the real CLI
+(bin/dogestry) against real files, real servers and real engines.
+"""
+
+import hashlib
+import http.client
+import json
+import os
+import re
+import socket
+import time
+
+import pytest
+
+from conftest import dogestry
+from test_serve import make_repo, start_serving
+
+STALL = 3  # DOGESTRY_STALL_TIMEOUT of the servers here: seconds a client may stall
+
+
+def one_line_error(proc, status=1):
+    """The rule for a failure: exit status, one `dogestry: ` line on stderr, no traceback."""
+    err = proc.stderr.decode(errors="replace")
+    assert proc.returncode == status, (proc.returncode, err)
+    assert err.startswith("dogestry: ") and err.count("\n") == 1, err
+    assert "internal error" not in err and "Traceback" not in err, err
+    return err
+
+
+# -- dogestry serve against hostile clients ------------------------------------------------
+@pytest.fixture(scope="module")
+def hostile_served(tmp_path_factory):
+    """A server (stall timeout 3 s) over a repository with a 24 MiB layer: larger than the
+    socket buffers, so a client that stops reading really blocks the server's send."""
+    tmp = tmp_path_factory.mktemp("served")
+    repo = make_repo(tmp, {"team/app:1": [{"etc/base.txt": b"base\n"}, {"app.bin": 24 << 20}],
+                           "other:1": [{"etc/base.txt": b"base\n"}]})
+    served = start_serving(repo, tmp, env=dict(os.environ, DOGESTRY_STALL_TIMEOUT=str(STALL)))
+    conn = http.client.HTTPConnection("127.0.0.1", served.port, timeout=30)
+    conn.request("GET", "/v2/team/app/manifests/1")
+    manifest = json.loads(conn.getresponse().read())
+    conn.close()
+    served.big = max(manifest["layers"], key=lambda layer: layer["size"])
+    served.small = min(manifest["layers"], key=lambda layer: layer["size"])
+    served.repo = repo
+    yield served
+    assert served.stop() == 0, served.log()
+    log = served.log()
+    assert "Traceback" not in log and "failed:" not in log, log
+
+
+def raw(port, data, timeout=10):
+    """Send bytes as they are, read until the server closes (or `timeout` passes)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(data)
+        out = b""
+        try:
+            while chunk := sock.recv(1 << 16):
+                out += chunk
+        except (socket.timeout, ConnectionResetError):
+            pass
+        return out
+
+
+def statuses(answer):
+    return [int(m) for m in re.findall(rb"(?:^|\n)HTTP/1\.[01] (\d{3}) ", answer)]
+
+
+def get_whole(port, digest):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        conn.request("GET", f"/v2/team/app/blobs/{digest}")
+        response = conn.getresponse()
+        body = response.read()
+        return response.status, "sha256:" + hashlib.sha256(body).hexdigest()
+    finally:
+        conn.close()
+
+
+def test_malformed_requests_get_an_answer_and_the_connection_closed(hostile_served):
+    port = hostile_served.port
+    cases = {
+        b"GET /v2/\r\n": 505,                                     # HTTP/0.9: waited for headers for 10 min
+        b"\x00\x01\x02 garbage\r\n\r\n": 505,
+        b"GET /v2/ HTTP/9.9\r\n\r\n": 505,
+        b"GET /" + b"a" * (1 << 20) + b" HTTP/1.1\r\n\r\n": 414,
+        b"GET /v2/ HTTP/1.1\r\nX: " + b"a" * (1 << 20) + b"\r\n\r\n": 431,
+        b"GET /v2/ HTTP/1.1\r\n" + b"X: a\r\n" * 10000 + b"\r\n": 431,
+        b"BREW /v2/ HTTP/1.1\r\n\r\n": 501,
+        b"GET /v2/ HTTP/1.1\r\nHost: \x00\xff\r\nConnection: close\r\n\r\n": 200,
+        b"GET http://evil.example/v2/ HTTP/1.1\r\nConnection: close\r\n\r\n": 404,
+    }
+    for request, status in cases.items():
+        started = time.monotonic()
+        answer = raw(port, request)
+        assert statuses(answer)[:1] == [status], (request[:60], answer[:300])
+        assert time.monotonic() - started < 5, request[:60]
+
+
+def test_pagination_numbers_that_int_refuses_are_answered(hostile_served):
+    port = hostile_served.port
+    for query, status in [("n=%C2%B2", 400), ("n=%D9%A3", 400), ("n=" + "9" * 5000, 200), ("n=-1", 400),
+                          ("n=0", 200), ("n=" + "1" + "0" * 30, 200), ("last=" + "z" * 60000, 200),
+                          ("n=1&n=x", 400), ("last=%00&n=1", 200)]:
+        for path in ("/v2/_catalog", "/v2/team/app/tags/list"):
+            answer = raw(port, f"GET {path}?{query} HTTP/1.1\r\nConnection: close\r\n\r\n".encode())
+            assert statuses(answer) == [status], (path, query[:40], answer[:300])
+            assert len(answer) < 4096, (path, query[:40])  # a 5000-digit n is not echoed back
+    answer = raw(port, b"GET /v2/_catalog?n=1 HTTP/1.1\r\nConnection: close\r\n\r\n")
+    assert b'Link: </v2/_catalog?n=1&last=other>; rel="next"' in answer, answer
+
+
+def test_odd_ranges_are_served_whole_partial_or_refused_never_dropped(hostile_served):
+    port, small = hostile_served.port, hostile_served.small
+    size, digest = small["size"], small["digest"]
+    cases = [("bytes=5-2", 200, size), ("bytes=-0", 416, None), ("bytes=0-0,5-9", 200, size),
+             ("bytes=99999999999999999999-", 416, None), (f"bytes=-{size * 10}", 206, size),
+             ("pages=0-5", 200, size), ("bytes=0-" + "9" * 5000, 206, size), ("bytes=" + "9" * 5000 + "-", 416, None),
+             ("bytes=-" + "9" * 5000, 206, size), ("bytes=1-1", 206, 1), ("bytes=0--5", 200, size),
+             ("bytes=\xb2-3", 200, size)]
+    for header, status, length in cases:
+        answer = raw(port, f"GET /v2/team/app/blobs/{digest} HTTP/1.1\r\nRange: {header}\r\n"
+                           f"Connection: close\r\n\r\n".encode("latin-1"))
+        assert statuses(answer) == [status], (header[:40], answer[:300])
+        head, _, body = answer.partition(b"\r\n\r\n")
+        if length is not None:
+            assert len(body) == length, header[:40]
+        else:
+            assert f"Content-Range: bytes */{size}".encode() in head and len(body) < 1024, header[:40]
+
+
+def test_writes_are_refused_without_reading_or_inviting_the_body(hostile_served):
+    port = hostile_served.port
+    for request in (b"POST /v2/team/app/blobs/uploads/ HTTP/1.1\r\nContent-Length: 10000000000\r\n\r\nabc",
+                    b"PATCH /v2/team/app/blobs/uploads/x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nffffffff\r\nab",
+                    b"PUT /v2/team/app/manifests/1 HTTP/1.1\r\nContent-Length: 10000000000\r\n"
+                    b"Expect: 100-continue\r\n\r\n"):
+        started = time.monotonic()
+        answer = raw(port, request)
+        # No "100 Continue" first: that would invite the 10 GB body.
+        assert statuses(answer) == [405], answer[:300]
+        assert time.monotonic() - started < 5
+
+
+def test_pipelined_requests_and_a_get_with_a_body_cannot_smuggle_a_request(hostile_served):
+    port = hostile_served.port
+    answer = raw(port, b"GET /v2/ HTTP/1.1\r\n\r\nGET /v2/_catalog HTTP/1.1\r\n\r\n"
+                       b"HEAD /v2/team/app/manifests/1 HTTP/1.1\r\nConnection: close\r\n\r\n")
+    assert statuses(answer) == [200, 200, 200], answer
+    # The body of a GET is not read: the bytes after it must not be taken as a second request.
+    answer = raw(port, b"GET /v2/ HTTP/1.1\r\nContent-Length: 5\r\n\r\nGET /v2/_catalog HTTP/1.1\r\n\r\n")
+    assert statuses(answer) == [200] and b"repositories" not in answer, answer
+    answer = raw(port, b"GET /v2/ HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+                       b"GET /v2/_catalog HTTP/1.1\r\n\r\n")
+    assert statuses(answer) == [200] and b"repositories" not in answer, answer
+
+
+def test_a_slowloris_client_is_dropped_within_the_stall_timeout(hostile_served):
+    port = hostile_served.port
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.settimeout(0.25)
+        started = time.monotonic()
+        dropped = None
+        for byte in b"GET /v2/ HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 200:
+            try:
+                sock.send(bytes([byte]))
+                if sock.recv(100) == b"":
+                    dropped = time.monotonic() - started
+                    break
+            except socket.timeout:
+                continue
+            except OSError:
+                dropped = time.monotonic() - started
+                break
+    # Before: every byte restarted a 600 s socket timeout, so the slot was held for ever.
+    assert dropped is not None and STALL - 0.5 < dropped < STALL + 3, dropped
+    assert get_whole(port, hostile_served.small["digest"])[0] == 200
+
+
+def test_a_client_that_stops_reading_mid_layer_is_dropped_and_the_layer_still_serves(hostile_served):
+    port, big = hostile_served.port, hostile_served.big
+    path = f"/v2/team/app/blobs/{big['digest']}"
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as stalled:
+        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        stalled.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        assert stalled.recv(12) == b"HTTP/1.1 200"
+        # Others are served while it stalls, and after the stall timeout its request ends.
+        assert get_whole(port, big["digest"]) == (200, big["digest"])
+        deadline = time.monotonic() + STALL + 10
+        while time.monotonic() < deadline:
+            ended = [float(seconds) for sent, seconds in
+                     re.findall(rf'"GET {path} HTTP/1\.1" 200 (\d+) ([\d.]+)s', hostile_served.log())
+                     if int(sent) < big["size"]]
+            if ended:
+                break
+            time.sleep(0.2)
+        else:
+            raise AssertionError(f"the stalled response never ended: {hostile_served.log()[-2000:]}")
+        assert ended[0] < STALL + 5
+    # Clients that vanish while the layer is being sent leave nothing stuck either.
+    for _ in range(4):
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    assert get_whole(port, big["digest"]) == (200, big["digest"])
