@@ -207,3 +207,86 @@ def test_a_client_that_stops_reading_mid_layer_is_dropped_and_the_layer_still_se
         with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
             sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
     assert get_whole(port, big["digest"]) == (200, big["digest"])
+
+
+def test_a_repository_damaged_while_served_gives_errors_not_a_dead_server(tmp_path):
+    repo = make_repo(tmp_path, {"team/app:1": [{"etc/base.txt": b"base\n"}, {"app.bin": 1 << 20}],
+                                "other:1": [{"etc/base.txt": b"base\n"}]})
+    served = start_serving(repo, tmp_path)
+    try:
+        manifest = json.loads(served.request("GET", "/v2/team/app/manifests/1")[2])
+        base, top = manifest["layers"][0]["digest"], manifest["layers"][1]["digest"]
+        layers = os.path.join(repo, "layers", "sha256")
+        # A layer's bytes replaced by another layer's: cut off or refused, never served whole.
+        with open(os.path.join(layers, base[7:]), "rb") as f:
+            other = f.read()
+        with open(os.path.join(layers, top[7:]), "wb") as f:
+            f.write(other)
+        status, _, body = served.request("GET", f"/v2/team/app/blobs/{top}")
+        assert status == 500 and json.loads(body)["errors"][0]["code"] == "UNKNOWN", (status, body[:200])
+        os.unlink(os.path.join(layers, top[7:]))
+        assert served.error_code("GET", f"/v2/team/app/blobs/{top}", 404) == "BLOB_UNKNOWN"
+        os.unlink(os.path.join(repo, "repositories", "team", "app", "_tags", "1"))
+        assert served.error_code("GET", "/v2/team/app/manifests/1", 404) == "NAME_UNKNOWN"
+        assert served.json("/v2/_catalog")[0] == {"repositories": ["other"]}
+        os.rename(repo, repo + ".gone")
+        assert served.json("/v2/_catalog")[0] == {"repositories": []}
+        assert served.error_code("GET", "/v2/other/manifests/1", 404) == "NAME_UNKNOWN"
+        os.rename(repo + ".gone", repo)
+        assert served.request("GET", "/v2/other/manifests/1")[0] == 200
+    finally:
+        assert served.stop() == 0, served.log()
+    assert "Traceback" not in served.log() and "internal error" not in served.log()
+
+
+# -- plumbing records ---------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def plumbing_repo(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("plumbing")
+    repo = make_repo(tmp, {"team/app:1": [{"etc/base.txt": b"base\n"}, {"app.txt": b"app\n"}],
+                           "other:1": [{"etc/base.txt": b"base\n"}]})
+    image_id = dogestry("resolve-ref", repo, "team/app:1").stdout.split()[0].decode()
+    return repo, image_id
+
+
+def refs_of(repo):
+    return dogestry("show-ref", repo).stdout.decode()
+
+
+def test_records_of_the_other_mode_or_with_junk_are_refused_not_half_taken(plumbing_repo):
+    repo, image_id = plumbing_repo
+    walk = dogestry("walk-ancestry", repo, "team/app:1").stdout
+    before = refs_of(repo)
+    cases = [  # (command, input): each was taken in part, the rest silently dropped, exit 0
+        (["update-ref", "-z", "--stdin"], f"{image_id} a:1\n{image_id} b:2\0".encode()),
+        (["update-ref", "--stdin"], f"{image_id} c:1 junk more\n".encode()),
+        (["update-ref", "--stdin"], f"{image_id} d:1\r{image_id} e:1\r".encode()),  # CR-only line ends
+        (["update-ref", "--stdin"], f"{image_id}\0 f:1\n".encode()),
+        (["update-ref", "--stdin"], walk),                                 # object records: wrong kind
+        (["build-load-tar", "--stdin"], walk),
+        (["resolve-ref", "--stdin"], f"team/app:1 other:1 junk\n".encode()),
+        (["sync-objects", "-z", "--stdin"], walk.replace(b"\n", b"\0", 1)),  # a -z record holding a newline
+        (["update-ref", "--stdin"], b"\xef\xbb\xbf" + f"{image_id} g:1\n".encode()),  # a BOM
+        (["update-ref", "--stdin"], f"{image_id} {'a' * 60000}:1\n".encode()),
+    ]
+    for args, data in cases:
+        target = [repo, str(plumbing_repo[0]) + "-dst"] if args[0] == "sync-objects" else [repo]
+        proc = dogestry(*args, *target, input=data, check=False)
+        err = one_line_error(proc, 2)
+        assert len(err) < 1000 and proc.stdout == b"", (args, err)
+    assert refs_of(repo) == before
+    assert not os.path.exists(str(plumbing_repo[0]) + "-dst/layers")
+
+
+def test_a_hundred_thousand_records_stream_in_bounded_time(plumbing_repo, tmp_path):
+    repo, image_id = plumbing_repo
+    started = time.monotonic()
+    out = dogestry("resolve-ref", "--stdin", repo, input=f"{image_id}\n".encode() * 100000).stdout
+    assert out == f"{image_id}\n".encode() * 100000
+    walk = dogestry("walk-ancestry", repo, "team/app:1").stdout
+    out = dogestry("sync-objects", "--stdin", "-z", repo, str(tmp_path / "dst"),
+                   input=walk.replace(b"\n", b"\0") * 25000).stdout
+    assert sorted(out.split(b"\0")[:-1]) == sorted(b" ".join(line.split()[:2]) for line in walk.splitlines())
+    dogestry("update-ref", "--stdin", repo, input=f"{image_id} many:1\n".encode() * 100000)
+    assert f"{image_id} many:1\n" in refs_of(repo)
+    assert time.monotonic() - started < 60
