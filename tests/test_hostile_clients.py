@@ -290,3 +290,99 @@ def test_a_hundred_thousand_records_stream_in_bounded_time(plumbing_repo, tmp_pa
     dogestry("update-ref", "--stdin", repo, input=f"{image_id} many:1\n".encode() * 100000)
     assert f"{image_id} many:1\n" in refs_of(repo)
     assert time.monotonic() - started < 60
+
+
+# -- signals ------------------------------------------------------------------------------
+def _wait_for(predicate, proc, seconds=60):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        if proc.poll() is not None:
+            return False
+        time.sleep(0.01)
+    return False
+
+
+def _open_files(pid):
+    try:
+        return [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+    except OSError:
+        return []
+
+
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGHUP"])
+def test_sigterm_or_sighup_mid_push_and_mid_pull_is_one_line_and_leaves_nothing(engine_named, tmp_path, unique,
+                                                                                signame):
+    """Before: the default action killed the process on the spot: no message, and the spool
+    of the layer in flight (`.spool/.layer-*`) left in the repository for the next push."""
+    import signal as signals
+    import subprocess
+    import sys
+
+    from conftest import BIN
+
+    signum = getattr(signals, signame)
+    d20 = engine_named("d20")
+    d20.import_base(f"sig-{unique}:base")
+    image = f"sig-{unique}:1"
+    d20.build(image, f"sig-{unique}:base", {"hello": "hello\n"}, big=48 << 20)
+    repo = tmp_path / "repo"
+    env = d20.env()
+    push = subprocess.Popen([sys.executable, BIN, "push", str(repo), image], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    spool = repo / ".spool"
+
+    def spooling():
+        return spool.is_dir() and any(p.name.startswith(".layer-") and p.stat().st_size > (1 << 20)
+                                      for p in spool.iterdir())
+
+    assert _wait_for(spooling, push), push.communicate()
+    push.send_signal(signum)
+    out, err = push.communicate(timeout=60)
+    assert push.returncode == 128 + signum, (push.returncode, err)
+    assert err.decode() == f"dogestry: terminated by {signame}\n" and out == b""
+    assert list(spool.iterdir()) == [] and not (repo / "repositories").exists()
+    leftovers = [p for p in repo.rglob(".*") if p != spool]
+    assert leftovers == [], leftovers
+
+    dogestry("push", str(repo), image, env=env)
+    image_id = d20.inspect(image)["Id"]
+    d20.rmi(image, f"sig-{unique}:base")
+    big_layer = max((repo / "layers" / "sha256").glob("*[0-9a-f]"), key=lambda p: p.stat().st_size)
+    pull = subprocess.Popen([sys.executable, BIN, "pull", str(repo), image], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert _wait_for(lambda: str(big_layer) in _open_files(pull.pid), pull), pull.communicate()
+    pull.send_signal(signum)
+    out, err = pull.communicate(timeout=60)
+    assert pull.returncode == 128 + signum, (pull.returncode, err)
+    assert err.decode() == f"dogestry: terminated by {signame}\n"
+    assert d20.inspect(image) is None and d20.inspect(image_id) is None  # the engine as it was
+    dogestry("pull", str(repo), image, env=env)
+    assert d20.run(image, "cat", "/hello") == "hello\n"
+
+
+def test_sighup_inherited_as_ignored_stays_ignored(tmp_path, plumbing_repo):
+    """`nohup dogestry serve ...` must outlive the terminal: an ignored SIGHUP stays ignored."""
+    import signal as signals
+    import subprocess
+    import sys
+
+    from conftest import BIN
+
+    repo, _ = plumbing_repo
+    script = ("import signal, sys, os; signal.signal(signal.SIGHUP, signal.SIG_IGN); "
+              f"os.execv(sys.executable, [sys.executable, {BIN!r}, 'serve', {repo!r}, '--listen', '127.0.0.1:0'])")
+    served = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        assert _wait_for(lambda: _listening(served.pid), served, 30)
+        served.send_signal(signals.SIGHUP)
+        time.sleep(0.5)
+        assert served.poll() is None
+    finally:
+        served.send_signal(signals.SIGTERM)
+        assert served.wait(20) == 0, served.stderr.read()
+
+
+def _listening(pid):
+    return any(target.startswith("socket:") for target in _open_files(pid))
