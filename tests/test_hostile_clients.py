@@ -386,3 +386,39 @@ def test_sighup_inherited_as_ignored_stays_ignored(tmp_path, plumbing_repo):
 
 def _listening(pid):
     return any(target.startswith("socket:") for target in _open_files(pid))
+
+
+# -- odd names across engines ----------------------------------------------------------------
+@pytest.mark.parametrize("source,target", [("d20", "d26c"), ("d26c", "d20")])
+def test_odd_names_push_and_pull_as_a_docker_user_expects(engine_named, tmp_path, unique, source, target):
+    src, dst = engine_named(source), engine_named(target)
+    u = unique[:6]
+    src.import_base(f"names{u}:base")
+    # (what the user types, what `docker images` shows for it)
+    names = [(f"docker.io/library/app{u}:1", f"app{u}:1"), (f"library/app{u}:2", f"app{u}:2"),
+             (f"app{u}", f"app{u}:latest"), (f"localhost/app{u}", f"localhost/app{u}:latest"),
+             (f"LOCALHOST:5000/app{u}:1", f"LOCALHOST:5000/app{u}:1"),
+             (f"127.0.0.1:5000/a{u}/b:1", f"127.0.0.1:5000/a{u}/b:1"),
+             (f"a__b{u}:1", f"a__b{u}:1"), (f"a---b{u}:1", f"a---b{u}:1"), (f"app{u}:" + "t" * 128, f"app{u}:" + "t" * 128)]
+    for typed, shown in names:
+        colon, slash = typed.rfind(":"), typed.rfind("/")
+        src.api.tag(f"names{u}:base", *((typed[:colon], typed[colon + 1:]) if colon > slash else (typed, "latest")))
+        src.created.append(shown)
+        dst.created.append(shown)
+    assert {shown for _, shown in names} <= src.tags()
+    repo = str(tmp_path / "repo")
+    pushed = dogestry("push", repo, *[typed for typed, _ in names], env=src.env()).stdout.decode()
+    listed = {line.split()[1] for line in dogestry("show-ref", repo).stdout.decode().splitlines()}
+    assert listed == {shown for _, shown in names}, (listed, pushed)
+    for typed, shown in names:  # pulled by what was typed or by what docker shows: the same ref
+        proc = dogestry("pull", repo, typed, env=dst.env())
+        assert proc.stdout.decode().split()[1] == shown
+    assert {shown for _, shown in names} <= dst.tags()
+    assert dst.run(f"app{u}:2", "cat", "/salt")
+    # by id: short, full, sha256:-prefixed, and the source engine's own id (an alias on d26c)
+    image_id = pushed.split()[0]
+    for ref in (image_id[7:19], image_id, image_id[7:], src.inspect(f"names{u}:base")["Id"]):
+        proc = dogestry("pull", repo, ref, env=dst.env())
+        assert proc.stdout.decode().split()[0] == image_id, ref
+    for bad in ("sha256:", "", f"a..b{u}:1", "a" * 256 + ":1", f"app{u}:" + "t" * 129, f"App{u}:1"):
+        one_line_error(dogestry("pull", repo, bad, env=dst.env(), check=False), 2)
