@@ -422,3 +422,102 @@ def test_odd_names_push_and_pull_as_a_docker_user_expects(engine_named, tmp_path
         assert proc.stdout.decode().split()[0] == image_id, ref
     for bad in ("sha256:", "", f"a..b{u}:1", "a" * 256 + ":1", f"app{u}:" + "t" * 129, f"App{u}:1"):
         one_line_error(dogestry("pull", repo, bad, env=dst.env(), check=False), 2)
+
+
+# -- configuration and environment ------------------------------------------------------------
+def _rule(proc, started, what):
+    """rc 0, or a failure told in `dogestry: ` lines (retry notices, then the error), fast."""
+    err = proc.stderr.decode(errors="replace")
+    assert proc.returncode in (0, 1, 2), (what, proc.returncode, err)
+    assert "Traceback" not in err and "internal error" not in err, (what, err)
+    if proc.returncode:
+        assert err and all(line.startswith("dogestry: ") for line in err.splitlines()), (what, err)
+        assert len(err.splitlines()[-1]) < 1000, (what, err[:300])
+    assert time.monotonic() - started < 30, what
+
+
+def test_hostile_config_files_and_values(plumbing_repo, tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import BIN
+
+    repo, _ = plumbing_repo
+    cfg = tmp_path / "dogestry.cfg"
+    texts = {
+        "percent": '[dogestry]\n  temp-dir = /tmp/%(foo)s\n[remote "a%b"]\n  url = /tmp/%%x\n',
+        "dollar": "[dogestry]\n  temp-dir = ${HOME}/x\n",
+        "10 MB line": "[dogestry]\n  temp-dir = " + "a" * (10 << 20) + "\n",
+        "binary": "[dogestry]\n\x00\xff\xfe\n",
+        "duplicates": "[compressor]\n lz4 = false\n[compressor]\n lz4 = true\n lz4 = true\n",
+        "odd sections": '[remote "]"]\n url = /tmp\n[ remote "a\\"b" ]\n url=/x\n[...]\n',
+        "NUL in a value": "[dogestry]\n stall-timeout = 5\x00\n",
+        "BOM": "\ufeff[dogestry]\n stall-timeout = 5\n",
+        "CR line ends": "[dogestry]\r stall-timeout = 5\r",
+        "unterminated section": '[remote "x\n url = /tmp\n',
+    }
+    for value in ("nan", "-1", "1e999", "", "x" * 3000, "inf", "0", '"unterminated'):
+        texts[f"stall-timeout {value[:10]}"] = f"[dogestry]\n  stall-timeout = {value}\n"
+        texts[f"lz4 {value[:10]}"] = f"[compressor]\n  lz4 = {value}\n"
+    for name, text in texts.items():
+        cfg.write_bytes(text.encode("utf-8", "surrogateescape"))
+        started = time.monotonic()
+        proc = subprocess.run([sys.executable, BIN, "--config", str(cfg), "show-ref", repo], capture_output=True,
+                              timeout=60)
+        _rule(proc, started, name)
+        if proc.returncode == 0:
+            assert b"team/app:1" in proc.stdout, name
+    env = dict(os.environ)
+    for name, value in [("DOGESTRY_STALL_TIMEOUT", "nan"), ("DOGESTRY_STALL_TIMEOUT", "1e999"),
+                        ("DOGESTRY_STALL_TIMEOUT", "x" * 3000), ("DOGESTRY_CONFIG", "/dev/zero"),
+                        ("DOGESTRY_CONFIG", str(tmp_path)), ("DOGESTRY_CONFIG", "/nonexistent-dir/x.cfg"),
+                        ("DOGESTRY_TEMP_DIR", str(cfg)), ("TMPDIR", str(cfg)), ("HOME", "/nonexistent-dir")]:
+        started = time.monotonic()
+        proc = subprocess.run([sys.executable, BIN, "show-ref", repo], capture_output=True, timeout=60,
+                              env=dict(env, **{name: value}))
+        _rule(proc, started, (name, value[:20]))
+
+
+def test_hostile_aws_environment(seaweed, plumbing_repo, tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import BIN
+
+    repo, image_id = plumbing_repo
+    remote = seaweed.url(f"hostile-env-{uuid_hex()}")
+    dogestry("sync-objects", "--image", image_id, repo, remote, env=seaweed.env())
+    dogestry("update-ref", remote, "team/app:1", image_id, env=seaweed.env())
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    sparse = tmp_path / "sparse"
+    with open(sparse, "wb") as f:
+        f.truncate(1 << 30)
+    garbage = tmp_path / "garbage"
+    garbage.write_bytes(os.urandom(3000))
+    with socket.socket() as probe:  # a port nobody listens on: bound, never listening
+        probe.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{probe.getsockname()[1]}"
+        cases = [(var, value) for var in ("AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE")
+                 for value in ("/dev/zero", str(fifo), str(tmp_path), str(sparse), str(garbage))]
+        cases += [("AWS_PROFILE", "no-such-profile"), ("AWS_DEFAULT_REGION", "x" * 3000),
+                  ("AWS_DEFAULT_REGION", "../../etc"), ("AWS_REGION", "%(x)s"), ("HTTP_PROXY", dead),
+                  ("HTTPS_PROXY", dead), ("AWS_MAX_ATTEMPTS", "nan"), ("AWS_RETRY_MODE", "x"),
+                  ("AWS_CA_BUNDLE", "/dev/zero"), ("DOGESTRY_STALL_TIMEOUT", "x" * 3000)]
+        for var, value in cases:
+            env = dict(seaweed.env(), DOGESTRY_STALL_TIMEOUT="4")
+            env[var] = value
+            started = time.monotonic()
+            proc = subprocess.run([sys.executable, BIN, "show-ref", remote], capture_output=True, env=env,
+                                  timeout=60)
+            _rule(proc, started, (var, value[:30]))
+            if proc.returncode == 0:
+                assert proc.stdout.decode() == f"{image_id} team/app:1\n", (var, value[:30])
+            for secret in (seaweed.secret, seaweed.key_id):
+                assert secret.encode() not in proc.stderr + proc.stdout
+
+
+def uuid_hex():
+    import uuid
+
+    return uuid.uuid4().hex[:10]
