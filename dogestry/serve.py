@@ -357,7 +357,7 @@ def follow(fill, start, stop):
 
 def _check_name(name):
     if len(name) > _MAX_NAME or not _NAME_RE.fullmatch(name):
-        raise _Refusal(400, "NAME_INVALID", f"invalid repository name {name!r}")
+        raise _Refusal(400, "NAME_INVALID", f"invalid repository name {name[:300]!r}")
     return name
 
 

@@ -111,6 +111,11 @@ def test_pagination_numbers_that_int_refuses_are_answered(hostile_served):
             answer = raw(port, f"GET {path}?{query} HTTP/1.1\r\nConnection: close\r\n\r\n".encode())
             assert statuses(answer) == [status], (path, query[:40], answer[:300])
             assert len(answer) < 4096, (path, query[:40])  # a 5000-digit n is not echoed back
+    for path in ("/v2/" + "a" * 10000 + "/tags/list", "/v2/" + "a/" * 5000 + "x/manifests/1",
+                 "/v2/team%00app/tags/list", "/v2/team/app/manifests/1%0d%0aX-Injected:%201"):
+        answer = raw(port, f"GET {path} HTTP/1.1\r\nConnection: close\r\n\r\n".encode())
+        assert statuses(answer) == [400] and len(answer) < 4096, (path[:40], answer[:300])
+        assert b"\r\nX-Injected" not in answer
     answer = raw(port, b"GET /v2/_catalog?n=1 HTTP/1.1\r\nConnection: close\r\n\r\n")
     assert b'Link: </v2/_catalog?n=1&last=other>; rel="next"' in answer, answer
 
