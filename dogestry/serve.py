@@ -755,17 +755,24 @@ class _HTTPServer(ThreadingMixIn, HTTPServer):
                 pass
             self.shutdown_request(request)
             return
+        slot = _Slot(self._connections)
         try:
-            super().process_request(request, client_address)
+            threading.Thread(target=self._serve_connection, args=(request, client_address, slot),
+                             name="dogestry-serve-client", daemon=True).start()
         except BaseException:
-            self._connections.release()  # no thread started to release it
+            # A SIGTERM's KeyboardInterrupt can land here after the thread has started (and
+            # even finished): the slot is released once whoever gets there first, so the
+            # interrupt is not replaced by "Semaphore released too many times" and lost.
+            slot.release()
             raise
 
-    def process_request_thread(self, request, client_address):
+    def _serve_connection(self, request, client_address, slot):
+        # Not ThreadingMixIn's bookkeeping: server_close would join every client thread,
+        # and an idle keep-alive client would hold a stop for IDLE_TIMEOUT.
         try:
-            super().process_request_thread(request, client_address)
+            self.process_request_thread(request, client_address)
         finally:
-            self._connections.release()
+            slot.release()
 
     def server_bind(self):
         # HTTPServer.server_bind resolves our own name (getfqdn), which can stall on DNS.
@@ -775,6 +782,21 @@ class _HTTPServer(ThreadingMixIn, HTTPServer):
     def handle_error(self, request, client_address):
         err = sys.exc_info()[1]
         self.app.warn(f"request from {client_address[0]} failed: {type(err).__name__}: {err}")
+
+
+class _Slot:
+    """One connection's place under MAX_CONNECTIONS, released exactly once."""
+
+    def __init__(self, semaphore):
+        self._semaphore = semaphore
+        self._held = True
+        self._lock = threading.Lock()
+
+    def release(self):
+        with self._lock:
+            held, self._held = self._held, False
+        if held:
+            self._semaphore.release()
 
 
 class _HTTPServer6(_HTTPServer):

@@ -339,8 +339,10 @@ def test_sigterm_or_sighup_mid_push_and_mid_pull_is_one_line_and_leaves_nothing(
     spool = repo / ".spool"
 
     def spooling():
-        return spool.is_dir() and any(p.name.startswith(".layer-") and p.stat().st_size > (1 << 20)
-                                      for p in spool.iterdir())
+        try:
+            return any(p.name.startswith(".layer-") and p.stat().st_size > (1 << 20) for p in spool.iterdir())
+        except FileNotFoundError:  # not made yet, or that spool just published
+            return False
 
     assert _wait_for(spooling, push), push.communicate()
     push.send_signal(signum)
@@ -526,3 +528,43 @@ def uuid_hex():
     import uuid
 
     return uuid.uuid4().hex[:10]
+
+
+def test_a_sigterm_landing_while_a_connection_is_handed_to_its_thread_still_stops_serve(plumbing_repo, monkeypatch):
+    """Seen under load in test_serve: the SIGTERM's KeyboardInterrupt arrived in the main
+    thread just after a fast request's thread had started, finished and released its slot;
+    the slot was released again, "Semaphore released too many times" replaced the interrupt,
+    and `serve` never stopped. Made deterministic here: Thread.start runs the connection to
+    its end, then the interrupt lands."""
+    import threading
+
+    from dogestry import serve
+    from dogestry.backends import open_backend
+    from dogestry.repo import Repository
+
+    server = serve.Server(Repository(open_backend(plumbing_repo[0])))
+    server.bind()
+    httpd = server._httpd
+    real_start = threading.Thread.start
+
+    def start_then_interrupt(thread):
+        if thread.name != "dogestry-serve-client":
+            return real_start(thread)
+        thread.run()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(threading.Thread, "start", start_then_interrupt)
+    try:
+        client = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        client.sendall(b"GET /v2/ HTTP/1.1\r\nConnection: close\r\n\r\n")
+        with pytest.raises(KeyboardInterrupt):
+            httpd._handle_request_noblock()
+        assert statuses(client.recv(4096)) == [200]
+        client.close()
+        # Every slot is free again, and no more than every slot.
+        for _ in range(serve.MAX_CONNECTIONS):
+            assert httpd._connections.acquire(blocking=False)
+        assert not httpd._connections.acquire(blocking=False)
+    finally:
+        monkeypatch.undo()
+        server.stop()
