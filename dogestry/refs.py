@@ -56,17 +56,13 @@ class Ref:
 
 
 def familiar_name(name):
-    """docker.io/library/app and library/app -> app, docker.io/team/app -> team/app, as `docker images` shows."""
+    """docker.io/library/app -> app, docker.io/team/app -> team/app, as `docker images` shows."""
     for prefix in ("docker.io/library/", "index.docker.io/library/"):
         if name.startswith(prefix) and "/" not in name[len(prefix):]:
             return name[len(prefix):]
     for prefix in ("docker.io/", "index.docker.io/"):
         if name.startswith(prefix):
             return name[len(prefix):]
-    # `library/app` is Docker Hub's `app` too: docker tags and lists it as `app`, so a ref
-    # kept as `library/app:1` could be pushed but never pulled as what `docker images` shows.
-    if name.startswith("library/") and name.count("/") == 1:
-        return name[len("library/"):]
     return name
 
 
