@@ -8,6 +8,7 @@ traceback only with --debug. An unknown COMMAND runs `dogestry-COMMAND` from PAT
 import io
 import os
 import shutil
+import signal
 import sys
 
 from .commands import BY_NAME, GLOBAL_WITH_VALUE, build_parser, docker_hosts
@@ -124,10 +125,34 @@ def _fd(stream):
         return None
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised in the main thread like Ctrl-C's KeyboardInterrupt, so the
+    same `finally` blocks remove spools, abort uploads and leave no ref to anything partial."""
+
+    def __init__(self, signum):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _terminate(signum, frame):
+    raise Terminated(signum)
+
+
+def _catch_termination():
+    # Left alone when inherited ignored (nohup ignores SIGHUP) or set by an embedding program.
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        try:
+            if signal.getsignal(sig) == signal.SIG_DFL:
+                signal.signal(sig, _terminate)
+        except ValueError:  # not the main thread: the caller owns signals
+            return
+
+
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     try:
+        _catch_termination()
         _standard_streams()
         status = _main(argv)
         sys.stdout.flush()  # here, where a failure is still one line, not at interpreter exit
@@ -137,6 +162,9 @@ def main(argv=None):
             raise
         print(f"dogestry: {err}", file=sys.stderr)
         return err.exit_status
+    except Terminated as err:
+        print(f"dogestry: terminated by {signal.Signals(err.signum).name}", file=sys.stderr)
+        return 128 + err.signum
     except KeyboardInterrupt:
         print("dogestry: interrupted", file=sys.stderr)
         return 130

@@ -8,6 +8,7 @@ Records stream: a consumer handles each record as soon as its terminator arrives
 pipeline's stages overlap.
 """
 
+from .digests import is_digest
 from .errors import UsageError
 
 MAX_RECORD = 64 << 10  # no record of ours comes near this; a longer one is not a record
@@ -25,6 +26,31 @@ def read_records(stream, nul=False):
                          "'<image-id> [<name>:<tag>]' or '<kind> <digest> ...' records") from None
 
 
+def read_ref_records(stream, nul=False):
+    """Ref records `<image-id> [<name>:<tag>]`: a third field, or an object record (the
+    output of the wrong command), is a UsageError rather than a record half taken."""
+    for fields in read_records(stream, nul):
+        if len(fields) > 2 or (len(fields) == 2 and fields[0] in OBJECT_KINDS and is_digest(fields[1])):
+            raise UsageError(f"bad ref record {' '.join(fields)[:200]!r}; expected '<image-id> [<name>:<tag>]', "
+                             "one per line (or NUL-terminated with -z)")
+        yield fields
+
+
+OBJECT_KINDS = ("image", "config", "layer")
+
+
+def _record(text, nul):
+    # No field of ours holds a NUL or a line break: a record with one inside is the other
+    # mode's input (a -z stream read by lines, newline records read with -z), and splitting
+    # it on whitespace would silently take its first record and drop the rest.
+    if not nul and "\0" in text:
+        raise UsageError("an input record contains a NUL byte; for NUL-terminated records use -z")
+    if nul and ("\n" in text.strip() or "\r" in text.strip()):
+        raise UsageError("a NUL-terminated input record contains a line break; without -z, "
+                         "records are one per line")
+    return text.split()
+
+
 def _records(stream, nul):
     if not nul:
         while line := stream.readline(MAX_RECORD + 1):
@@ -32,7 +58,7 @@ def _records(stream, nul):
                 raise UsageError(f"an input record is longer than {MAX_RECORD} characters; expected "
                                  "'<image-id> [<name>:<tag>]' or '<kind> <digest> ...' records")
             if line.strip():
-                yield line.split()
+                yield _record(line, nul)
         return
     pending = ""
     for data in _pieces(stream):
@@ -40,11 +66,11 @@ def _records(stream, nul):
         *records, pending = pending.split("\0")
         for record in records:
             if record.strip():
-                yield record.split()
+                yield _record(record, nul)
         if len(pending) > MAX_RECORD:
             raise UsageError(f"an input record is longer than {MAX_RECORD} characters")
     if pending.strip():
-        yield pending.split()
+        yield _record(pending, nul)
 
 
 def _pieces(stream):

@@ -69,7 +69,7 @@ def familiar_name(name):
 def parse_ref(text, default_tag=DEFAULT_TAG):
     """`name[:tag]` -> Ref, or UsageError saying what is wrong with it."""
     if "@" in text:
-        raise UsageError(f"invalid reference {text!r}: digest references are not supported; use name:tag or an image id")
+        raise UsageError(f"invalid reference {text[:300]!r}: digest references are not supported; use name:tag or an image id")
     name, tag = text, default_tag
     slash = text.rfind("/")
     colon = text.rfind(":")
@@ -77,10 +77,10 @@ def parse_ref(text, default_tag=DEFAULT_TAG):
         name, tag = text[:colon], text[colon + 1:]
     name = familiar_name(name)
     if not name or len(name) > _MAX_NAME or not _NAME_RE.fullmatch(name):
-        raise UsageError(f"invalid image name {name!r} in {text!r}: use lowercase letters, digits and separators (. _ -), "
+        raise UsageError(f"invalid image name {name[:300]!r} in {text[:300]!r}: use lowercase letters, digits and separators (. _ -), "
                          "components joined by /, optionally after a registry host[:port]")
     if not _TAG_RE.fullmatch(tag):
-        raise UsageError(f"invalid tag {tag!r} in {text!r}: a tag is up to 128 of [A-Za-z0-9_.-], not starting with . or -")
+        raise UsageError(f"invalid tag {tag[:300]!r} in {text[:300]!r}: a tag is up to 128 of [A-Za-z0-9_.-], not starting with . or -")
     return Ref(name, tag)
 
 

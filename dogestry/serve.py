@@ -45,6 +45,7 @@ match, so nothing outside the repository's keys is ever asked for.
 """
 
 import ctypes
+import io
 import ipaddress
 import json
 import os
@@ -61,6 +62,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from socketserver import TCPServer, ThreadingMixIn
 from urllib.parse import parse_qs, quote
 
+from .backends.retry import stall_timeout
 from .digests import is_digest, sha256_digest
 from .errors import CorruptObject, DogestryError, NotFound, StorageError, UsageError
 from .refs import Ref
@@ -79,8 +81,16 @@ _NAME_RE = re.compile(r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:
 _TAG_RE = re.compile(r"[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}")
 _MAX_NAME = 255
 _ROUTE_RE = re.compile(r"/v2/(?P<name>.+)/(?:(?P<kind>manifests|blobs)/(?P<ref>[^/]+)|(?P<tags>tags/list))")
-_RANGE_RE = re.compile(r"\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*")
-IDLE_TIMEOUT = 600  # seconds a connection may sit idle (or a client stall a send) before it is dropped
+_RANGE_RE = re.compile(r"\s*bytes\s*=\s*([0-9]*)\s*-\s*([0-9]*)\s*")  # ASCII digits: \d takes "٣"
+# Offsets beyond any blob are cut to this many digits before int(): Python refuses to
+# convert more than 4300, and a range or page size that large means "all of it" anyway.
+_MAX_DIGITS = 18
+IDLE_TIMEOUT = 600  # seconds a keep-alive connection may sit idle between requests before it is dropped
+# Seconds a client has to send a whole request head, and may leave a response unread,
+# unless the server is given the stall timeout (`dogestry serve` passes it): a client that
+# trickles its headers a byte a second, or stops reading mid-layer, holds a thread and a
+# connection slot only that long.
+STALL_TIMEOUT = 120
 # Connections served at once (a thread each). Beyond it a client gets 429 at once: idle or
 # trickling connections cannot grow the threads and memory without bound. A docker pull
 # opens a few; containerd at most a few per layer.
@@ -373,7 +383,7 @@ def follow(fill, start, stop):
 
 def _check_name(name):
     if len(name) > _MAX_NAME or not _NAME_RE.fullmatch(name):
-        raise _Refusal(400, "NAME_INVALID", f"invalid repository name {name!r}")
+        raise _Refusal(400, "NAME_INVALID", f"invalid repository name {name[:300]!r}")
     return name
 
 
@@ -391,9 +401,9 @@ def _page(items, query, what):
     n = query.get("n", [None])[-1]
     if n is None:
         return items, None
-    if not n.isdigit():
+    if not (n.isascii() and n.isdigit()):  # "²".isdigit() is true, and int() refuses it
         raise _Refusal(400, "PAGINATION_NUMBER_INVALID", f"invalid n={n!r} for {what}: give a number")
-    n = int(n)
+    n = int(n) if len(n) <= _MAX_DIGITS else 10 ** _MAX_DIGITS
     if len(items) > n and n > 0:
         return items[:n], f"n={n}&last={quote(items[n - 1], safe='')}"
     return items[:n], None
@@ -406,18 +416,26 @@ def parse_range(header, size):
     m = _RANGE_RE.fullmatch(header or "")
     if not m or not (m.group(1) or m.group(2)):
         return None
-    first, last = m.group(1), m.group(2)
-    if not first:
-        suffix = int(last)
+    first, last = (_capped(group) for group in m.groups())
+    if first is None:
+        suffix = last
         if suffix == 0 or size == 0:
             raise ValueError
         return max(0, size - suffix), size - 1
-    start = int(first)
-    if last and int(last) < start:
+    start = first
+    if last is not None and last < start:
         return None  # not a valid range: ignored
     if start >= size:
         raise ValueError
-    return start, min(int(last) if last else size - 1, size - 1)
+    return start, min(size - 1 if last is None else last, size - 1)
+
+
+def _capped(digits):
+    """An offset from a Range header (None when absent), numbers past any size cut to one."""
+    if not digits:
+        return None
+    digits = digits.lstrip("0") or "0"
+    return int(digits) if len(digits) <= _MAX_DIGITS else 10 ** _MAX_DIGITS
 
 
 def _pick_manifest_type(accept):
@@ -430,15 +448,59 @@ def _pick_manifest_type(accept):
     return OCI_MANIFEST
 
 
+class _DeadlineSocketReader(io.RawIOBase):
+    """The socket's read side, under a deadline while a request head is being read.
+
+    A socket timeout bounds each recv, not a request: a client sending one byte every
+    second would never be dropped. While `deadline` is set, each recv waits only for what
+    is left of it, and past it raises TimeoutError (which http.server answers by closing)."""
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.deadline = None
+
+    def readable(self):
+        return True
+
+    def readinto(self, buffer):
+        if self.deadline is not None:
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("request head not received in time")
+            self.sock.settimeout(left)
+        return self.sock.recv_into(buffer)
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive: docker and containerd reuse connections
     server_version = "dogestry-serve"
-    timeout = IDLE_TIMEOUT
+    # What an error answer assumes before the request line is parsed. http.server's
+    # HTTP/0.9 default sends a bare HTML page, no status line, which no client can read.
+    default_request_version = "HTTP/1.0"
+    timeout = IDLE_TIMEOUT  # set again per request (handle_one_request)
 
     # -- plumbing of one response ----------------------------------------------------
     def setup(self):
         super().setup()
+        self.rfile.close()  # replaced by a reader with a deadline; the socket stays open
+        self._reader = _DeadlineSocketReader(self.connection)
+        self.rfile = io.BufferedReader(self._reader)
         self.server.app._track(self.connection, True)
+
+    def handle_one_request(self):
+        # Idle between requests for up to IDLE_TIMEOUT; from the request's first byte, the
+        # stall timeout for the whole head. Cleared in parse_request once the head is in.
+        self.connection.settimeout(IDLE_TIMEOUT)
+        self._reader.deadline = None
+        try:
+            if not self.rfile.peek(1):
+                self.close_connection = True
+                return
+        except (TimeoutError, ConnectionError):
+            self.close_connection = True
+            return
+        self._reader.deadline = time.monotonic() + self.server.app.stall
+        super().handle_one_request()
 
     def finish(self):
         try:
@@ -456,13 +518,37 @@ class _Handler(BaseHTTPRequestHandler):
                              b"this is a plain-http registry: use http://\n")
             self.server.app.log(f"{self.address_string()} TLS handshake refused: this server speaks plain http")
             return False
-        return super().parse_request()
+        if len(self.raw_requestline.split()) == 2:
+            # HTTP/0.9: no status line and no headers in the answer, which no registry client
+            # reads, and http.server would wait for headers such a request never sends.
+            self.close_connection = True
+            self.wfile.write(b"HTTP/1.0 505 HTTP Version Not Supported\r\nContent-Type: text/plain\r\n"
+                             b"Connection: close\r\n\r\nHTTP/0.9 is not supported: use HTTP/1.1\n")
+            self.server.app.log(f"{self.address_string()} HTTP/0.9 request refused")
+            return False
+        if not super().parse_request():
+            return False
+        # The head is in: from here the socket waits as long as a stalled client may make it.
+        self._reader.deadline = None
+        self.connection.settimeout(self.server.app.stall)
+        if self.command in ("GET", "HEAD") and (self.headers.get("Content-Length", "0").strip() not in ("", "0")
+                                                 or "Transfer-Encoding" in self.headers):
+            # A body nobody reads would be parsed as the next request (request smuggling
+            # behind a proxy): answer this one, then close.
+            self.close_connection = True
+        return True
+
+    def handle_expect_100(self):
+        # "100 Continue" invites the body; a write is refused unread, so it gets no invitation.
+        if self.command in ("GET", "HEAD"):
+            return super().handle_expect_100()
+        return True
 
     def log_request(self, code="-", size="-"):
         pass  # one line per request is written when the response is complete (_handle)
 
     def log_message(self, format, *args):
-        self.server.app.log(f"{self.address_string()} {format % args}")
+        self.server.app.log(f"{self.address_string()} {(format % args)[:300]}")
 
     def _start(self, status, headers, length):
         self._status = status
@@ -510,7 +596,7 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 self.close_connection = True
         finally:
-            self.server.app.log(f"{self.address_string()} \"{self.requestline}\" {self._status or '-'} "
+            self.server.app.log(f"{self.address_string()} \"{self.requestline[:300]}\" {self._status or '-'} "
                                 f"{self._sent} {time.monotonic() - began:.3f}s")
 
     def do_GET(self):
@@ -525,7 +611,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._status, self._sent = None, 0
         self._refuse(_Refusal(405, "UNSUPPORTED", f"{self.command} is not supported: this registry is read-only"),
                      {"Allow": "GET, HEAD"})
-        self.server.app.log(f"{self.address_string()} \"{self.requestline}\" 405 {self._sent}")
+        self.server.app.log(f"{self.address_string()} \"{self.requestline[:300]}\" 405 {self._sent}")
 
     do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = _read_only
 
@@ -609,7 +695,7 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             wanted = parse_range(self.headers.get("Range"), size)
         except ValueError:
-            raise _Refusal(416, "RANGE_INVALID", f"range {self.headers.get('Range')!r} lies beyond the blob's "
+            raise _Refusal(416, "RANGE_INVALID", f"range {self.headers.get('Range')[:100]!r} lies beyond the blob's "
                                                  f"{size} bytes") from None
         if wanted is None:
             return 200, 0, size - 1, {}
@@ -697,17 +783,24 @@ class _HTTPServer(ThreadingMixIn, HTTPServer):
                 pass
             self.shutdown_request(request)
             return
+        slot = _Slot(self._connections)
         try:
-            super().process_request(request, client_address)
+            threading.Thread(target=self._serve_connection, args=(request, client_address, slot),
+                             name="dogestry-serve-client", daemon=True).start()
         except BaseException:
-            self._connections.release()  # no thread started to release it
+            # A SIGTERM's KeyboardInterrupt can land here after the thread has started (and
+            # even finished): the slot is released once whoever gets there first, so the
+            # interrupt is not replaced by "Semaphore released too many times" and lost.
+            slot.release()
             raise
 
-    def process_request_thread(self, request, client_address):
+    def _serve_connection(self, request, client_address, slot):
+        # Not ThreadingMixIn's bookkeeping: server_close would join every client thread,
+        # and an idle keep-alive client would hold a stop for IDLE_TIMEOUT.
         try:
-            super().process_request_thread(request, client_address)
+            self.process_request_thread(request, client_address)
         finally:
-            self._connections.release()
+            slot.release()
 
     def server_bind(self):
         # HTTPServer.server_bind resolves our own name (getfqdn), which can stall on DNS.
@@ -717,6 +810,21 @@ class _HTTPServer(ThreadingMixIn, HTTPServer):
     def handle_error(self, request, client_address):
         err = sys.exc_info()[1]
         self.app.warn(f"request from {client_address[0]} failed: {type(err).__name__}: {err}")
+
+
+class _Slot:
+    """One connection's place under MAX_CONNECTIONS, released exactly once."""
+
+    def __init__(self, semaphore):
+        self._semaphore = semaphore
+        self._held = True
+        self._lock = threading.Lock()
+
+    def release(self):
+        with self._lock:
+            held, self._held = self._held, False
+        if held:
+            self._semaphore.release()
 
 
 class _HTTPServer6(_HTTPServer):
@@ -763,8 +871,9 @@ class Server:
     caller that pulls from it, such as a test or `dogestry pull`); serve_forever() serves
     from the calling thread until stop() or an exception such as KeyboardInterrupt."""
 
-    def __init__(self, repo, listen=("127.0.0.1", 0), log=None, warn=None, cache=None):
+    def __init__(self, repo, listen=("127.0.0.1", 0), log=None, warn=None, cache=None, stall=STALL_TIMEOUT):
         self.repo = repo
+        self.stall = stall  # seconds for a request head to arrive, or a response to be read on
         self.listen = listen
         self.log = log or (lambda line: None)
         self.warn = warn or (lambda line: None)
@@ -867,7 +976,7 @@ def serve(ctx, remote, listen):
         print(f"dogestry: {line}", file=ctx.err, flush=True)
 
     _return_freed_chunks()
-    server = Server(repo, (host, port), log=ctx.detail, warn=warn)
+    server = Server(repo, (host, port), log=ctx.detail, warn=warn, stall=stall_timeout(ctx.config))
     server.bind()  # first: an address that cannot be listened on is an error, with no warning before it
     if not is_loopback(host):
         warn(f"warning: listening on {host}, not a loopback address: anyone who can reach it can "

@@ -33,7 +33,7 @@ def stall_timeout(config, environ=os.environ):
         if not 1 <= value <= 86400:
             raise ValueError
     except ValueError:
-        raise UsageError(f"stall-timeout {text!r} is not a number of seconds between 1 and 86400") from None
+        raise UsageError(f"stall-timeout {text[:80]!r} is not a number of seconds between 1 and 86400") from None
     return value
 
 

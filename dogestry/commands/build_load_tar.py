@@ -7,7 +7,7 @@ with --stdin (`<image-id> [<name>:<tag>]`, as resolve-ref prints).
 import sys
 
 from ..errors import DogestryError, UsageError
-from ..records import read_records
+from ..records import read_ref_records
 from ..refs import parse_ref
 from ..transfer import load, plan_load, write_tar
 from . import nul_option, remote_argument, stdin_option
@@ -35,7 +35,7 @@ def run(ctx, args):
         raise UsageError("--tag needs exactly one IMAGE-ID; for several images use --stdin with ref records")
     items = [(repo.resolve(text)[0], tags) for text in args.images]
     if args.stdin:
-        for fields in read_records(ctx.inp, args.nul):
+        for fields in read_ref_records(ctx.inp, args.nul):
             items.append((repo.resolve(fields[0])[0], [parse_ref(f) for f in fields[1:2]]))
     if not items:
         raise UsageError("name at least one IMAGE-ID (or use --stdin)")

@@ -4,7 +4,7 @@ Output, one ref record per argument: `<image-id> [<name>:<tag>]`.
 """
 
 from ..errors import UsageError
-from ..records import read_records, write_ref_record
+from ..records import read_ref_records, write_ref_record
 from ..transfer import resolve
 from . import nul_option, remote_argument, stdin_option
 
@@ -25,7 +25,7 @@ def run(ctx, args):
     for image_id, ref in resolve(repo, args.images):
         write_ref_record(ctx.out, image_id, ref, args.nul)
     if args.stdin:  # one record out per record in, as it arrives
-        for fields in read_records(ctx.inp, args.nul):
+        for fields in read_ref_records(ctx.inp, args.nul):
             for image_id, ref in resolve(repo, fields[:1]):
                 write_ref_record(ctx.out, image_id, ref, args.nul)
     return 0

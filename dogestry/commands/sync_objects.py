@@ -9,12 +9,11 @@ Whatever the input order, layers are published first, then configs, then image r
 
 from ..digests import is_digest
 from ..errors import UsageError
-from ..records import read_records, write_record
+from ..records import OBJECT_KINDS, read_records, write_record
 from ..transfer import closure, sync
 from . import nul_option, stdin_option
 
 SUMMARY = "copy objects between repositories, verifying digests"
-KINDS = ("layer", "config", "image")
 
 
 def add_arguments(p):
@@ -35,7 +34,7 @@ def run(ctx, args):
         objects += closure(src, src.resolve(image)[0])
     if args.stdin:
         for fields in read_records(ctx.inp, args.nul):
-            if len(fields) < 2 or fields[0] not in KINDS or not is_digest(fields[1]):
+            if len(fields) < 2 or fields[0] not in OBJECT_KINDS or not is_digest(fields[1]):
                 raise UsageError(f"bad object record {' '.join(fields)[:200]!r}; expected "
                                  "'<layer|config|image> sha256:<hex>'")
             objects.append((fields[0], fields[1]))

@@ -5,7 +5,7 @@ record without a ref (an image saved by id) is passed over.
 """
 
 from ..errors import UsageError
-from ..records import read_records
+from ..records import read_ref_records
 from ..refs import looks_like_id, parse_ref
 from ..transfer import set_refs
 from . import nul_option, remote_argument, stdin_option
@@ -31,7 +31,7 @@ def run(ctx, args):
     elif not args.stdin:
         raise UsageError("give NAME:TAG IMAGE-ID, or --stdin")
     if args.stdin:
-        for fields in read_records(ctx.inp, args.nul):
+        for fields in read_ref_records(ctx.inp, args.nul):
             if len(fields) >= 2:
                 pairs.append((parse_ref(fields[1]), fields[0]))
             elif not looks_like_id(fields[0]):
