@@ -596,7 +596,15 @@ class Engine:
 _HOSTNAME_RE = re.compile(r"[A-Za-z0-9._-]+|[0-9A-Fa-f:.]+(%[A-Za-z0-9._-]+)?")
 
 
+# Longer than any socket path (108 bytes) or host name (253) with its scheme and port: not
+# an engine URL, and not to be quoted whole in every error that names the engine.
+MAX_URL = 1024
+
+
 def _split(host):
+    if len(host) > MAX_URL:
+        raise EngineError(f"Docker engine URL {host[:100]}... is {len(host)} characters long; "
+                          "it names no socket or host")
     try:
         return urlsplit(host)
     except ValueError as err:  # "Invalid IPv6 URL", a bad port...

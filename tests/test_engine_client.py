@@ -185,6 +185,12 @@ def test_engine_urls_that_do_not_parse(host, says, tmp_path):
         assert not Engine(host).is_local()
 
 
+def test_an_engine_url_too_long_to_be_one_is_not_quoted_whole(tmp_path):
+    host = "unix:///" + "a" * 3000
+    line = one_line_exit_1(host, "push", str(tmp_path / "repo"), NAME, names="3008 characters long")
+    assert len(line) < 300, line
+
+
 # -- a fake engine --------------------------------------------------------------------------
 class FakeEngine(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     """An engine on a unix socket whose answers `mode` spoils; it counts connections."""

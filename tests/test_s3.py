@@ -177,6 +177,21 @@ def test_s3_url_options_are_checked():
     assert out.returncode == 2 and "fragment" in out.stderr.decode()
 
 
+def test_an_aws_file_too_large_to_be_one_is_refused_unread(seaweed, tmp_path):
+    """botocore reads the AWS config and credentials files whole: a 1 GB one cost 9.7 GB of
+    memory before its parse error. Refused by its size, in one line, at once."""
+    big = tmp_path / "aws"
+    with open(big, "wb") as f:
+        f.truncate(1 << 30)  # sparse: no disk
+    for variable in ("AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"):
+        started = time.monotonic()
+        out = dogestry("show-ref", seaweed.url(_prefix()), env=dict(seaweed.env(), **{variable: str(big)}),
+                       check=False)
+        err = out.stderr.decode()
+        assert out.returncode == 1 and len(err.splitlines()) == 1 and f"({variable}) is 1073741824 bytes" in err, err
+        assert time.monotonic() - started < 10
+
+
 def test_a_stalled_server_is_said_and_given_up_on_within_the_stall_timeout():
     """A server that accepts and never answers: stderr says what dogestry waits for, and it
     gives up after about DOGESTRY_STALL_TIMEOUT seconds, not minutes later."""

@@ -112,8 +112,9 @@ class Backend:
         try:
             spool = tempfile.NamedTemporaryFile(dir=self.temp_dir, prefix=SPOOL_PREFIX, delete=False)
         except OSError as err:
-            raise StorageError(f"cannot create a spool file in {self.temp_dir or tempfile.gettempdir()}: "
-                               f"{err.strerror or err}") from None
+            where = self.temp_dir or tempfile.gettempdir()
+            where = where if len(where) <= 300 else where[:300] + "..."
+            raise StorageError(f"cannot create a spool file in {where}: {err.strerror or err}") from None
         fcntl.flock(spool.fileno(), fcntl.LOCK_EX)
         return _SpoolFile(spool)
 

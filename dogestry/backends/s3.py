@@ -124,6 +124,25 @@ def _legacy_or_config_credentials(config, warn):
 _MALFORMED = (ValueError, TypeError, LookupError, AttributeError)
 
 
+MAX_AWS_FILE = 16 << 20  # an AWS config or credentials file is a few kB
+
+
+def _check_aws_files():
+    """botocore reads the AWS config and credentials files whole (only regular files): a
+    1 GB one cost 9.7 GB of memory and 15 s before its parse error. Refused by size first."""
+    env = os.environ
+    for variable, default in (("AWS_CONFIG_FILE", "~/.aws/config"), ("AWS_SHARED_CREDENTIALS_FILE",
+                                                                      "~/.aws/credentials")):
+        path = os.path.expanduser(env.get(variable) or default)
+        try:
+            info = os.stat(path)
+        except (OSError, ValueError):
+            continue  # botocore takes a missing file as none
+        if stat.S_ISREG(info.st_mode) and info.st_size > MAX_AWS_FILE:
+            raise StorageError(f"the AWS file {path[:300]} ({variable}) is {info.st_size} bytes; an AWS config or "
+                               f"credentials file is far below {MAX_AWS_FILE >> 20} MiB")
+
+
 def _timestamp(text):
     """A listed or answered time as an aware datetime: ISO 8601 (S3's) by the standard library,
     anything else (an HTTP date, a zoneless time) by botocore's own parser."""
@@ -196,6 +215,7 @@ class S3Backend(Backend):
         import botocore.session
         from botocore.config import Config as BotoConfig
 
+        _check_aws_files()
         credentials = _legacy_or_config_credentials(self._config, self._warn)
         session = botocore.session.Session(profile=self.options.get("profile"))
         if credentials:
