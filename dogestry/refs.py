@@ -66,6 +66,17 @@ def familiar_name(name):
     return name
 
 
+def docker_hub_twin(ref):
+    """The other spelling of a Docker Hub official image's ref (app:1 <-> library/app:1),
+    which docker takes as the same image; None for any other name. A ref pushed under one
+    spelling is found under the other when it is read (repo.resolve)."""
+    if "/" not in ref.name:
+        return Ref(f"library/{ref.name}", ref.tag)
+    if ref.name.startswith("library/") and ref.name.count("/") == 1:
+        return Ref(ref.name[len("library/"):], ref.tag)
+    return None
+
+
 def parse_ref(text, default_tag=DEFAULT_TAG):
     """`name[:tag]` -> Ref, or UsageError saying what is wrong with it."""
     if "@" in text:

@@ -27,7 +27,7 @@ from . import layerstore
 from .digests import from_hex, hex_of, is_digest, sha256_digest
 from .errors import CorruptObject, DogestryError, NotFound, StorageError, UsageError
 from .image import Image, LayerDescriptor, parse_json
-from .refs import looks_like_id, normalize_id, parse_ref
+from .refs import docker_hub_twin, looks_like_id, normalize_id, parse_ref
 
 FORMAT_KEY = "dogestry.json"
 FORMAT_NAME = "dogestry-repository"
@@ -524,6 +524,10 @@ class Repository:
                 try:
                     return self.get_ref(ref), ref
                 except NotFound:
+                    twin = docker_hub_twin(ref)
+                    found = self.find_ref(twin) if twin is not None else None
+                    if found is not None:
+                        return found, ref
                     if not looks_like_id(text):
                         raise
         if not looks_like_id(text):

@@ -87,3 +87,20 @@ def test_chain_ids_follow_the_oci_spec():
     a, b = sha256_digest(b"a"), sha256_digest(b"b")
     assert chain_ids([a]) == [a]
     assert chain_ids([a, b]) == [a, sha256_digest(f"{a} {b}".encode())]
+
+
+def test_docker_hubs_two_spellings_of_an_official_image_find_one_ref(tmp_path):
+    """docker takes library/app:2 and app:2 as one image: a ref pushed under either spelling
+    is found under the other (resolve-ref, and so pull), and keeps the name asked for."""
+    from conftest import dogestry
+    from test_fuzz import SEEDS
+
+    repo = str(tmp_path / "repo")
+    image_id = dogestry("save-to-repo", "--input", "-", repo, input=SEEDS["docker-v1"]).stdout.split()[0].decode()
+    dogestry("update-ref", repo, "library/app:2", image_id)
+    dogestry("update-ref", repo, "app:3", image_id)
+    for asked in ("app:2", "library/app:2", "app:3", "library/app:3"):
+        assert dogestry("resolve-ref", repo, asked).stdout.decode().split() == [image_id, asked]
+    for missing in ("app:4", "library/app:4", "team/app:2", "library/team/app:2"):
+        assert dogestry("resolve-ref", repo, missing, check=False).returncode == 1
+
