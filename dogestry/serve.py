@@ -586,13 +586,16 @@ class _Handler(BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
         except DogestryError as err:
+            # The whole story goes to the server's stderr; a client learns what failed, not
+            # where the repository lives (its path, bucket or endpoint).
             self.server.app.warn(f"{self.command} {self.path}: {err}")
+            told = str(err).replace(str(getattr(self._repo, "location", "") or "\0"), "this registry's storage")
             if self._status is None and isinstance(err, NotFound):
                 # An object the records name is missing: to the client it is unknown.
                 code = "MANIFEST_UNKNOWN" if "/manifests/" in self.path else "BLOB_UNKNOWN"
-                self._refuse(_Refusal(404, code, str(err)))
+                self._refuse(_Refusal(404, code, told))
             elif self._status is None:
-                self._refuse(_Refusal(500, "UNKNOWN", str(err)))
+                self._refuse(_Refusal(500, "UNKNOWN", told))
             else:
                 self.close_connection = True
         finally:
@@ -883,6 +886,7 @@ class Server:
         self._thread = None
         self._connections = set()
         self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)  # notified when the last connection ends
 
     def bind(self):
         """Listen on the requested address; return the port (the chosen one for port 0)."""
@@ -929,6 +933,10 @@ class Server:
             self._thread.join()
             self._thread = None
         self._close()
+        # _close cut every connection off: their threads end at once, each after writing its
+        # log line. Waited for (briefly), so that a stopped server has finished its requests.
+        with self._idle:
+            self._idle.wait_for(lambda: not self._connections, timeout=2)
 
     def _close(self):
         if self.cache is not None:
@@ -948,6 +956,8 @@ class Server:
     def _track(self, conn, alive):
         with self._lock:
             (self._connections.add if alive else self._connections.discard)(conn)
+            if not self._connections:
+                self._idle.notify_all()
 
 
 def _return_freed_chunks():

@@ -229,8 +229,10 @@ def test_a_repository_damaged_while_served_gives_errors_not_a_dead_server(tmp_pa
             f.write(other)
         status, _, body = served.request("GET", f"/v2/team/app/blobs/{top}")
         assert status == 500 and json.loads(body)["errors"][0]["code"] == "UNKNOWN", (status, body[:200])
+        assert str(tmp_path).encode() not in body, body  # where the repository lives is the server's to know
         os.unlink(os.path.join(layers, top[7:]))
         assert served.error_code("GET", f"/v2/team/app/blobs/{top}", 404) == "BLOB_UNKNOWN"
+        assert str(tmp_path).encode() not in served.request("GET", f"/v2/team/app/blobs/{top}")[2]
         os.unlink(os.path.join(repo, "repositories", "team", "app", "_tags", "1"))
         assert served.error_code("GET", "/v2/team/app/manifests/1", 404) == "NAME_UNKNOWN"
         assert served.json("/v2/_catalog")[0] == {"repositories": ["other"]}
