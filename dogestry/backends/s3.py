@@ -469,7 +469,7 @@ class S3Backend(Backend):
         request.stream_output = True
         answer = self._http_send(request)
         length = answer.headers.get("content-length")
-        if answer.status_code != 200 or not (length or "").isdigit():
+        if answer.status_code != 200 or not (length and length.isascii() and length.isdigit()):
             answer.raw.close()
             return None
         length = int(length)
