@@ -67,8 +67,9 @@ CONTAINERD_STORE_API = (1, 43)
 
 def _api_version(header):
     """(major, minor) from an Api-Version header such as "1.41"; None when it is not one."""
-    major, dot, minor = (header or "").strip().partition(".")
-    if not (dot and major.isdigit() and minor.isdigit() and len(header) < 20):
+    text = (header or "").strip()
+    major, dot, minor = text.partition(".")
+    if not (dot and major.isdigit() and minor.isdigit() and len(text) < 20):
         return None
     return int(major), int(minor)
 

@@ -11,6 +11,7 @@ pipeline's stages overlap.
 from .digests import is_digest
 from .errors import UsageError
 
+OBJECT_KINDS = ("image", "config", "layer")  # what an object record names first
 MAX_RECORD = 64 << 10  # no record of ours comes near this; a longer one is not a record
 
 
@@ -34,9 +35,6 @@ def read_ref_records(stream, nul=False):
             raise UsageError(f"bad ref record {' '.join(fields)[:200]!r}; expected '<image-id> [<name>:<tag>]', "
                              "one per line (or NUL-terminated with -z)")
         yield fields
-
-
-OBJECT_KINDS = ("image", "config", "layer")
 
 
 def _record(text, nul):

@@ -589,7 +589,8 @@ class _Handler(BaseHTTPRequestHandler):
             # The whole story goes to the server's stderr; a client learns what failed, not
             # where the repository lives (its path, bucket or endpoint).
             self.server.app.warn(f"{self.command} {self.path}: {err}")
-            told = str(err).replace(str(getattr(self._repo, "location", "") or "\0"), "this registry's storage")
+            location = self._repo.location
+            told = str(err).replace(location, "this registry's storage") if location else str(err)
             if self._status is None and isinstance(err, NotFound):
                 # An object the records name is missing: to the client it is unknown.
                 code = "MANIFEST_UNKNOWN" if "/manifests/" in self.path else "BLOB_UNKNOWN"
