@@ -175,6 +175,14 @@ def test_s3_url_options_are_checked():
         assert out.returncode == 2 and "not a bucket name" in err and len(err.splitlines()) == 1, err
     out = dogestry("remote", "s3://bucket/p/#x?endpoint=http://127.0.0.1:9", check=False)
     assert out.returncode == 2 and "fragment" in out.stderr.decode()
+    # SeaweedFS stores a//b as a/b and never lists it under a//: refused before any request
+    for url in ("s3://bucket/a//b/", "s3://bucket/a//", "s3://bucket/a/b//c"):
+        out = dogestry("remote", url + "?endpoint=http://127.0.0.1:9", check=False)
+        err = out.stderr.decode()
+        assert out.returncode == 2 and "('//')" in err and len(err.splitlines()) == 1, err
+    for url in ("s3://bucket/a/./b/", "s3://bucket/../b/"):
+        out = dogestry("remote", url + "?endpoint=http://127.0.0.1:9", check=False)
+        assert out.returncode == 2 and ". or .." in out.stderr.decode()
 
 
 def test_an_aws_file_too_large_to_be_one_is_refused_unread(seaweed, tmp_path):

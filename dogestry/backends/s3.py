@@ -67,6 +67,11 @@ def parse_s3_url(url):
         # prefix nobody meant. Said now rather than as a storage error later.
         raise UsageError(f"S3 URL {mask_url(url)[:200]!r} has a . or .. in its prefix; S3 prefixes are literal, "
                          "write the prefix itself")
+    if "//" in prefix:
+        # AWS keeps a//b as it is; SeaweedFS (a filer) stores it as a/b and never lists it under
+        # a//: a repository there would lose sight of its own refs and leases.
+        raise UsageError(f"S3 URL {mask_url(url)[:200]!r} has an empty segment ('//') in its prefix; "
+                         "S3-compatible stores disagree on such keys: write each '/' once")
     if prefix and not prefix.endswith("/"):
         prefix += "/"
     query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
