@@ -347,6 +347,7 @@ def pending_lease(repo, what="push"):
 
 
 GC_POLL = 1.0  # seconds between looks at a running gc's lease, while a push waits for it
+LEASE_REWRITES = 5  # times a push writes its lease again when a listing does not show it
 
 
 def before_refs(ctx, repo, held, results):
@@ -375,12 +376,19 @@ def before_refs(ctx, repo, held, results):
 
 def _wait_for_running_gcs(ctx, repo, held):
     """Return once every gc lease present now has gone (finished), expired or is known dead."""
-    waiting, told, records = None, set(), {}
+    waiting, told, records, rewrites = None, set(), {}, 0
     while True:
         infos = repo.lease_infos()
         now = next((i.mtime for i in infos if i.key == held.key and i.mtime is not None), None)
         if now is None:
-            held.write()  # removed under us (a gc judged it stale): write it again
+            # Removed under us (a gc judged it stale): write it again. A storage that does not
+            # list what it stores would have us rewrite it for ever: a few tries, then say so.
+            rewrites += 1
+            if rewrites > LEASE_REWRITES:
+                raise DogestryError(f"lease {held.key} was written to {repo.location} but its listing never shows "
+                                    "it; gc could not see this push there, so no ref is written")
+            held.write()
+            time.sleep(min(GC_POLL, 0.1 * rewrites))
             continue
         running = set()
         for info in infos:

@@ -1115,3 +1115,24 @@ def test_a_multipart_upload_listing_that_never_ends(s3):
     assert "multipart uploads" in line and "does not end" in line, line
     tagged = run("tag", s3.url, "app:1", "app:5", limit=30)
     assert tagged.returncode == 0, tagged.stderr
+
+
+def test_a_store_that_never_lists_a_lease_gets_no_ref_and_no_hang(tiny_image):
+    """A store that keeps a lease but never lists it (a filer that folds the key, a listing
+    index that lags): the push once rewrote its lease for ever, at full speed. Now a few
+    tries, then one line naming the lease, and no ref."""
+    eng, image = tiny_image
+    server = FakeS3()
+    try:
+        def fault(server, h, method, key, query, body):
+            if method == "GET" and not key and "uploads" not in query:
+                server.send(h, 200, server.listing([k for k in sorted(server.objects)
+                                                    if k.startswith(query.get("prefix", "")) and "/leases/" not in k]))
+                return True
+        server.fault = fault
+        err = one_line_error(run("push", server.url, image, env={"DOCKER_HOST": eng.host}), within=30)
+        assert "lease" in err and "listing never shows it" in err, err
+        assert not any(_is_ref(k) for k in server.objects), sorted(server.objects)
+        assert sum(1 for m, k in server.requests if m == "PUT" and "/leases/" in k) <= 10
+    finally:
+        server.close()
