@@ -375,8 +375,13 @@ def before_refs(ctx, repo, held, results):
 
 
 def _wait_for_running_gcs(ctx, repo, held):
-    """Return once every gc lease present now has gone (finished), expired or is known dead."""
-    waiting, told, records, rewrites = None, set(), {}, 0
+    """Return once every gc lease present now has gone (finished), expired or is known dead.
+
+    Expired is judged twice: by the storage's clock (older than our own lease's write by
+    LEASE_TIMEOUT), and by watching (not rewritten for LEASE_TIMEOUT while we waited). The
+    second bounds the wait whatever a lease's date says: one dated in the future, by a skewed
+    clock or by hand, would otherwise hold every push until that date."""
+    waiting, told, records, rewrites, watched = None, set(), {}, 0, {}
     while True:
         infos = repo.lease_infos()
         now = next((i.mtime for i in infos if i.key == held.key and i.mtime is not None), None)
@@ -394,6 +399,10 @@ def _wait_for_running_gcs(ctx, repo, held):
         for info in infos:
             if not _is_gc_lease(info.key) or info.mtime is None or now - info.mtime >= LEASE_TIMEOUT:
                 continue
+            if watched.get(info.key, (None,))[0] != info.mtime:
+                watched[info.key] = (info.mtime, time.monotonic())
+            elif time.monotonic() - watched[info.key][1] >= LEASE_TIMEOUT:
+                continue  # a live gc rewrites its lease every LEASE_RENEW seconds
             if info.key not in records:
                 try:
                     records[info.key] = json.loads(repo.get_small(info.key))

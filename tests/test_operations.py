@@ -469,6 +469,29 @@ def test_push_waits_for_a_gc_that_chose_its_objects_then_stores_them_again(remot
     assert run(remote, "verify", "--all").returncode == 0  # reads every object back, verified
 
 
+def test_a_gc_lease_dated_in_the_future_holds_a_push_no_longer_than_a_dead_one(tmp_path, d20, unique):
+    """A gc lease stamped years ahead (a skewed clock on a shared directory, or a hand): by
+    the storage's clock it never expires, so a push waited for it until that date. A live gc
+    rewrites its lease every LEASE_RENEW seconds; one that stays the same while the push
+    watches for LEASE_TIMEOUT is dead, whatever its date. (LEASE_TIMEOUT is cut to 3 s here.)"""
+    remote = LocalRemote(tmp_path / "repo", d20)
+    images(d20, unique)
+    out(run(remote, "push", f"t{unique}/app:1"))
+    lease = tmp_path / "repo" / "leases" / ("gc-" + "0" * 32 + ".json")
+    lease.parent.mkdir(exist_ok=True)
+    lease.write_text(json.dumps({"host": "elsewhere", "pid": 1, "what": "gc", "since": 1}) + "\n")
+    os.utime(lease, (4102444800, 4102444800))  # 2100-01-01
+    short = ("import sys; import dogestry.operations as o; o.LEASE_TIMEOUT = 3; from dogestry.cli import main; "
+             "sys.exit(main())")
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, "-c", short, "-v", "push", remote.url, f"t{unique}/app:2"],
+                          env=remote.env, capture_output=True, timeout=120, cwd=os.path.dirname(os.path.dirname(BIN)))
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert "waiting for the gc holding leases/gc-" in proc.stderr.decode()
+    assert time.monotonic() - started < 60
+    assert remote.keys(ref_key(f"t{unique}/app:2"))
+
+
 def test_push_stores_again_what_a_gc_removed_under_it(remote, d20, unique):
     """A push that finds an unreachable image whole reuses it; a gc may remove it meanwhile.
     Simulated here by removing its layer before the push's final check (the push itself
