@@ -42,7 +42,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 from .errors import CorruptObject, DogestryError, NotFound, UsageError
-from .refs import parse_ref
+from .refs import docker_hub_twin, parse_ref
 from .repo import image_key, image_keys, layer_descriptor_key, layer_key, lease_key, object_of_key, ref_body
 
 LEASE_RENEW = 30       # seconds between a lease's rewrites
@@ -165,14 +165,21 @@ def tag(repo, source, target, ctx=None):
 
 
 def untag(repo, names, dry_run=False):
-    """Remove the refs `names` (every one must exist, or nothing is removed); [(image_id, Ref)]."""
+    """Remove the refs `names` (every one must exist, or nothing is removed); [(image_id, Ref)].
+
+    app:1 and library/app:1 are one image to docker: a ref stored under either spelling is
+    found by both (as repo.resolve finds it), and the stored spelling is the one removed."""
     refs = list(dict.fromkeys(parse_ref(name) for name in names))
     found = []
     for ref in refs:
         image_id = repo.find_ref(ref)
+        twin = docker_hub_twin(ref) if image_id is None else None
+        if twin is not None and (image_id := repo.find_ref(twin)) is not None:
+            ref = twin
         if image_id is None:
             raise NotFound(f"{ref} not found in {repo.location}")
-        found.append((image_id, ref))
+        if (image_id, ref) not in found:
+            found.append((image_id, ref))
     if not dry_run:
         for _, ref in found:
             repo.delete_ref(ref)

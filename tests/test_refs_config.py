@@ -104,3 +104,20 @@ def test_docker_hubs_two_spellings_of_an_official_image_find_one_ref(tmp_path):
     for missing in ("app:4", "library/app:4", "team/app:2", "library/team/app:2"):
         assert dogestry("resolve-ref", repo, missing, check=False).returncode == 1
 
+
+
+def test_untag_takes_either_spelling_of_an_official_image_and_removes_the_stored_one(tmp_path):
+    """What resolve finds under the other spelling, untag finds too: `untag R library/app:2`
+    after a push of app:2 removed nothing and said "not found"."""
+    from conftest import dogestry
+    from test_fuzz import SEEDS
+
+    repo = str(tmp_path / "repo")
+    image_id = dogestry("save-to-repo", "--input", "-", repo, input=SEEDS["docker-v1"]).stdout.split()[0].decode()
+    dogestry("update-ref", repo, "library/app:2", image_id)
+    dogestry("update-ref", repo, "app:3", image_id)
+    gone = dogestry("untag", repo, "app:2", "library/app:3", "library/app:2").stdout.decode().splitlines()
+    assert gone == [f"{image_id} library/app:2", f"{image_id} app:3"]
+    assert dogestry("show-ref", repo).stdout == b""
+    out = dogestry("untag", repo, "library/app:2", check=False)
+    assert out.returncode == 1 and "library/app:2 not found" in out.stderr.decode()
