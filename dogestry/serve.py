@@ -593,8 +593,10 @@ class _Handler(BaseHTTPRequestHandler):
             # The whole story goes to the server's stderr; a client learns what failed, not
             # where the repository lives (its path, bucket or endpoint).
             self.server.app.warn(f"{self.command} {self.path}: {err}")
-            location = self._repo.location
-            told = str(err).replace(location, "this registry's storage") if location else str(err)
+            told = str(err)
+            for where in (self._repo.location, getattr(self._repo.backend, "endpoint", None)):
+                if where:
+                    told = told.replace(where, "this registry's storage")
             if self._status is None and isinstance(err, NotFound):
                 # An object the records name is missing: to the client it is unknown.
                 code = "MANIFEST_UNKNOWN" if "/manifests/" in self.path else "BLOB_UNKNOWN"

@@ -571,3 +571,27 @@ def test_a_sigterm_landing_while_a_connection_is_handed_to_its_thread_still_stop
     finally:
         monkeypatch.undo()
         server.stop()
+
+
+def test_a_storage_that_cannot_be_reached_is_a_500_that_hides_the_endpoint(tmp_path):
+    """serve over S3 whose endpoint fails for ever once it started: each request answers 500
+    within the retry budget, and the body names neither the bucket nor the endpoint (only the
+    server's log does), as for a local directory's path."""
+    from test_hostile_servers import FakeS3
+
+    store = FakeS3({"pre/dogestry.json": b'{"format": "dogestry-repository", "version": 2}\n'},
+                   bucket="hidden-bucket")
+    env = dict(os.environ, AWS_ACCESS_KEY_ID="x", AWS_SECRET_ACCESS_KEY="y", AWS_DEFAULT_REGION="us-east-1")
+    served = start_serving(store.url, tmp_path, env=env)
+    try:
+        assert served.json("/v2/_catalog")[0] == {"repositories": []}
+        store.fault = lambda server, h, *request: server.error(h, 503, "ServiceUnavailable") or True
+        started = time.monotonic()
+        status, _, body = served.request("GET", "/v2/_catalog")
+        assert status == 500 and json.loads(body)["errors"][0]["code"] == "UNKNOWN", (status, body[:300])
+        assert time.monotonic() - started < 60
+        assert store.endpoint[len("http://"):].encode() not in body and b"hidden-bucket" not in body, body
+        assert store.endpoint in served.log()  # the operator's log keeps the whole story
+    finally:
+        served.stop()
+        store.close()
