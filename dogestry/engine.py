@@ -20,6 +20,7 @@ import json
 import os
 import re
 import socket
+import stat
 import threading
 from urllib.parse import quote, urlencode, urlsplit
 
@@ -112,6 +113,8 @@ def _tls_context(environ):
         return None
     cert_path = cert_path or os.path.join(os.path.expanduser("~"), ".docker")
     try:
+        for name in ("ca.pem", "cert.pem", "key.pem"):
+            _check_tls_file(os.path.join(cert_path, name))
         if verify:
             context = ssl.create_default_context(cafile=os.path.join(cert_path, "ca.pem"))
         else:
@@ -123,6 +126,23 @@ def _tls_context(environ):
     except (OSError, ssl.SSLError) as err:
         raise EngineError(f"Docker TLS settings in {cert_path}: {_one_line(err)}") from None
     return context
+
+
+MAX_TLS_FILE = 16 << 20  # a CA bundle is a few hundred KiB; OpenSSL reads the whole file
+
+
+def _check_tls_file(path):
+    """OpenSSL opens what it is given and reads it whole: a FIFO there hung dogestry for
+    ever, and a huge file cost its size in memory. A missing file is OpenSSL's to report."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISREG(info.st_mode):
+        raise OSError(f"{path} is not a regular file")
+    if info.st_size > MAX_TLS_FILE:
+        raise OSError(f"{path} is {info.st_size} bytes, more than a certificate or key file holds "
+                      f"({MAX_TLS_FILE >> 20} MiB)")
 
 
 class _ApiError(Exception):

@@ -12,6 +12,8 @@ import json
 import os
 import socket
 import socketserver
+import subprocess
+import sys
 import tarfile
 import threading
 import time
@@ -19,7 +21,7 @@ from http.server import BaseHTTPRequestHandler
 
 import pytest
 
-from conftest import dogestry, send_chunked, send_whole
+from conftest import BIN, dogestry, send_chunked, send_whole
 from dogestry.engine import MAX_JSON, Engine
 from dogestry.errors import EngineError, NotFound
 from dogestry.refs import Ref
@@ -479,3 +481,23 @@ def test_tls_failures_are_one_line(tls_engine, tmp_path):
     with pytest.raises(EngineError, match=f"^Docker TLS settings in {empty}: "):
         Engine(tls_engine.host, environ=env).info()
     one_line_exit_1(tls_engine.host, "push", repo, NAME, env=env, names=str(empty))
+
+
+@pytest.mark.parametrize("which", ["ca.pem", "cert.pem", "key.pem"])
+@pytest.mark.parametrize("what", ["fifo", "huge"])
+def test_tls_files_that_are_fifos_or_huge_are_refused_unread(tls_engine, tmp_path, which, what):
+    """OpenSSL opens the file it is named and reads it whole: a FIFO as ca.pem hung every
+    command for ever, and a sparse 2 GiB one cost its size. Refused by type and size."""
+    certs = tmp_path / "engine-certs"
+    os.unlink(certs / which)
+    if what == "fifo":
+        os.mkfifo(certs / which)
+    else:
+        with open(certs / which, "wb") as f:
+            f.truncate(2 << 30)  # sparse: no disk
+    env = dict(os.environ, DOCKER_TLS_VERIFY="1", DOCKER_CERT_PATH=str(certs))
+    proc = subprocess.run([sys.executable, BIN, "push", str(tmp_path / "repo"), NAME], capture_output=True,
+                          env=dict(env, DOCKER_HOST=tls_engine.host), timeout=30)
+    lines = proc.stderr.decode().strip().splitlines()
+    assert proc.returncode == 1 and len(lines) == 1 and str(certs / which) in lines[0], (proc.returncode, lines)
+    assert ("not a regular file" if what == "fifo" else "2147483648 bytes") in lines[0], lines
