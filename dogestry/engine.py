@@ -20,13 +20,13 @@ import json
 import os
 import re
 import socket
-import stat
 import threading
 from urllib.parse import quote, urlencode, urlsplit
 
 from .digests import chain_ids, is_digest
 from .errors import EngineError, NotFound
 from .image import EngineImage
+from .tlsfiles import check_default_ca_file, check_tls_file
 
 DEFAULT_HOST = "unix:///var/run/docker.sock"
 SCHEMES = "unix://, tcp://, http:// and https://"
@@ -114,7 +114,7 @@ def _tls_context(environ):
     cert_path = cert_path or os.path.join(os.path.expanduser("~"), ".docker")
     try:
         for name in ("ca.pem", "cert.pem", "key.pem"):
-            _check_tls_file(os.path.join(cert_path, name))
+            check_tls_file(os.path.join(cert_path, name))
         if verify:
             context = ssl.create_default_context(cafile=os.path.join(cert_path, "ca.pem"))
         else:
@@ -126,23 +126,6 @@ def _tls_context(environ):
     except (OSError, ssl.SSLError) as err:
         raise EngineError(f"Docker TLS settings in {cert_path}: {_one_line(err)}") from None
     return context
-
-
-MAX_TLS_FILE = 16 << 20  # a CA bundle is a few hundred KiB; OpenSSL reads the whole file
-
-
-def _check_tls_file(path):
-    """OpenSSL opens what it is given and reads it whole: a FIFO there hung dogestry for
-    ever, and a huge file cost its size in memory. A missing file is OpenSSL's to report."""
-    try:
-        info = os.stat(path)
-    except FileNotFoundError:
-        return
-    if not stat.S_ISREG(info.st_mode):
-        raise OSError(f"{path} is not a regular file")
-    if info.st_size > MAX_TLS_FILE:
-        raise OSError(f"{path} is {info.st_size} bytes, more than a certificate or key file holds "
-                      f"({MAX_TLS_FILE >> 20} MiB)")
 
 
 class _ApiError(Exception):
@@ -239,6 +222,10 @@ class Engine:
             if url.scheme == "https" and context is None:
                 import ssl
 
+                try:
+                    check_default_ca_file(self._environ)
+                except OSError as err:
+                    raise EngineError(f"Docker engine at {self.host}: {err}") from None
                 context = ssl.create_default_context()
             if context is not None:
                 return http_client.HTTPSConnection(hostname, port or 2376, context=context, timeout=timeout)

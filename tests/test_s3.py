@@ -200,6 +200,32 @@ def test_an_aws_file_too_large_to_be_one_is_refused_unread(seaweed, tmp_path):
         assert time.monotonic() - started < 10
 
 
+@pytest.mark.parametrize("setting", ["AWS_CA_BUNDLE", "SSL_CERT_FILE share", "SSL_CERT_FILE engine"])
+def test_a_ca_bundle_that_is_a_fifo_is_refused_not_read_for_ever(tmp_path, setting):
+    """OpenSSL reads a CA file whole, blocking: a FIFO named by AWS_CA_BUNDLE (botocore) or
+    SSL_CERT_FILE (the default paths: share URLs, an https:// engine) hung the command for
+    ever. Each is refused by its type, in one line naming the setting."""
+    import subprocess
+    import sys
+
+    from conftest import BIN
+
+    fifo = tmp_path / "ca.pem"
+    os.mkfifo(fifo)
+    variable, _, where = setting.partition(" ")
+    env = dict(os.environ, AWS_ACCESS_KEY_ID="x", AWS_SECRET_ACCESS_KEY="y", AWS_DEFAULT_REGION="us-east-1",
+               **{variable: str(fifo)})
+    args = {"": ["list", "s3://bucket/p/?endpoint=https://127.0.0.1:9"],
+            "share": ["pull", "https://127.0.0.1:9/bucket/p/shares/abc?X-Amz-Signature=1", "app:1"],
+            "engine": ["push", str(tmp_path / "repo"), "app:1"]}[where]
+    if where == "engine":
+        env["DOCKER_HOST"] = "https://127.0.0.1:9"
+    proc = subprocess.run([sys.executable, BIN, *args], capture_output=True, env=env, timeout=30)
+    lines = proc.stderr.decode().strip().splitlines()
+    assert proc.returncode == 1 and len(lines) == 1, (proc.returncode, lines)
+    assert f"{fifo} ({variable}) is not a regular file" in lines[0], lines
+
+
 def test_a_stalled_server_is_said_and_given_up_on_within_the_stall_timeout():
     """A server that accepts and never answers: stderr says what dogestry waits for, and it
     gives up after about DOGESTRY_STALL_TIMEOUT seconds, not minutes later."""

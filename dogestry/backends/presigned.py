@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 from urllib.parse import urlsplit
 
 from ..errors import NotFound, StorageError
+from ..tlsfiles import check_default_ca_file
 from . import Backend, check_key, mask_url, too_large
 from .retry import TransientError, retrying, stall_timeout
 
@@ -74,6 +75,10 @@ def _get(url, what, stall, headers=None):
     is input, and must not make us read a local file (file://) or talk ftp."""
     if not isinstance(url, str) or urlsplit(url).scheme.lower() not in ("http", "https"):
         raise StorageError(f"{what}: the share index gives it no http(s) URL ({mask_url(str(url))[:80]!r})")
+    try:
+        check_default_ca_file()  # an https answer, or a redirect to one, makes OpenSSL read it
+    except OSError as err:
+        raise StorageError(f"{what}: {err}") from None
     request = urllib.request.Request(url, headers=headers or {})
 
     def attempt():

@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import parse_qs, urlsplit
 
 from ..errors import DogestryError, NotFound, StorageError, UsageError
+from ..tlsfiles import check_tls_file
 from . import PRESIGN, WRITE, Backend, ObjectInfo, check_key, mask_url, too_large
 from .retry import TransientError, retrying, stall_timeout
 
@@ -146,6 +147,11 @@ def _check_aws_files():
         if stat.S_ISREG(info.st_mode) and info.st_size > MAX_AWS_FILE:
             raise StorageError(f"the AWS file {path[:300]} ({variable}) is {info.st_size} bytes; an AWS config or "
                                f"credentials file is far below {MAX_AWS_FILE >> 20} MiB")
+    if env.get("AWS_CA_BUNDLE"):
+        try:
+            check_tls_file(env["AWS_CA_BUNDLE"], "AWS_CA_BUNDLE")
+        except OSError as err:
+            raise StorageError(f"the AWS CA bundle {err}") from None
 
 
 def _timestamp(text):
