@@ -20,6 +20,7 @@ import json
 import os
 import re
 import socket
+import stat
 import threading
 from urllib.parse import quote, urlencode, urlsplit
 
@@ -648,6 +649,7 @@ def _send_parts(sock, parts):
 
 CACHE_NAME = "engine-chains.json"
 CACHE_LIMIT = 20000  # entries kept before those of images no longer listed are dropped
+MAX_CACHE_FILE = 64 << 20  # 20,000 chains of a dozen layers are about 20 MiB
 
 
 class _ChainCache:
@@ -665,10 +667,14 @@ class _ChainCache:
         base = os.path.join(environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
                             "dogestry")
         path = os.path.join(base, CACHE_NAME)
-        entries = {}
+        entries, raw = {}, None
         try:
-            with open(path, encoding="utf-8") as f:
-                raw = json.load(f)
+            # Not a plain open(): a FIFO put there blocked every pull for ever, and a file of
+            # gigabytes cost its size several times over. Either is taken as no cache.
+            with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "rb") as f:
+                info = os.fstat(f.fileno())
+                if stat.S_ISREG(info.st_mode) and info.st_size <= MAX_CACHE_FILE:
+                    raw = json.loads(f.read(MAX_CACHE_FILE + 1))
             if isinstance(raw, dict):
                 entries = {k: v for k, v in raw.items() if _is_digest(k) and isinstance(v, list)
                            and all(_is_digest(c) for c in v)}

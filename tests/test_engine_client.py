@@ -17,6 +17,7 @@ import sys
 import tarfile
 import threading
 import time
+import uuid
 from http.server import BaseHTTPRequestHandler
 
 import pytest
@@ -501,3 +502,34 @@ def test_tls_files_that_are_fifos_or_huge_are_refused_unread(tls_engine, tmp_pat
     lines = proc.stderr.decode().strip().splitlines()
     assert proc.returncode == 1 and len(lines) == 1 and str(certs / which) in lines[0], (proc.returncode, lines)
     assert ("not a regular file" if what == "fifo" else "2147483648 bytes") in lines[0], lines
+
+
+@pytest.mark.parametrize("what", ["fifo", "huge"])
+def test_a_chain_cache_that_is_a_fifo_or_huge_is_no_cache(engine_named, tmp_path, what):
+    """The layer-chain cache ($XDG_CACHE_HOME/dogestry/engine-chains.json) is only a cache:
+    a FIFO there blocked every pull for ever, and a file of gigabytes cost its size several
+    times over. Either is taken as no cache, and the pull replaces it with a real one."""
+    d20 = engine_named("d20")
+    name = f"chains{uuid.uuid4().hex[:8]}"
+    d20.import_base(f"{name}/base:1", salt=name)
+    d20.build(f"{name}/app:1", f"{name}/base:1", {"a.txt": name.encode()})
+    repo = str(tmp_path / "repo")
+    dogestry("push", repo, f"{name}/app:1", env=d20.env())
+    d20.rmi(f"{name}/app:1")
+    cache = tmp_path / "cache" / "dogestry" / "engine-chains.json"
+    cache.parent.mkdir(parents=True)
+    if what == "fifo":
+        os.mkfifo(cache)
+    else:
+        with open(cache, "wb") as f:
+            f.truncate(1 << 30)  # sparse: a gigabyte of NULs, no disk
+
+    def at_most_768_mib():  # the gigabyte must not be read: the old code needed it whole
+        import resource
+        resource.setrlimit(resource.RLIMIT_AS, (768 << 20, 768 << 20))
+
+    proc = subprocess.run([sys.executable, BIN, "pull", repo, f"{name}/app:1"], capture_output=True,
+                          env=dict(d20.env(), XDG_CACHE_HOME=str(tmp_path / "cache")), timeout=60,
+                          preexec_fn=at_most_768_mib)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert os.path.isfile(cache) and json.loads(cache.read_text())  # a real cache now
