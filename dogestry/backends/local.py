@@ -48,11 +48,28 @@ def _path_of(url):
     if url.startswith("file://"):
         parts = urlsplit(url)
         if parts.netloc not in ("", "localhost"):
-            raise UsageError(f"file URL {url!r} names host {parts.netloc!r}; use file:///absolute/path")
+            # Without its user:password@, which is not for output (and means nothing here).
+            host = parts.netloc.rpartition("@")[2]
+            raise UsageError(f"file URL {_shown('file://' + host + parts.path)!r} names host {_shown(host)!r}; "
+                             "use file:///absolute/path")
+        if parts.query or parts.fragment or url.endswith(("?", "#")):
+            # Dropped silently, `file:///srv/repo?x` would be /srv/repo: say so instead of guessing.
+            raise UsageError(f"file URL {_shown(url.partition('?')[0].partition('#')[0])!r} has a query or "
+                             "fragment; use file:///absolute/path (write ? and # in a path as %3F and %23)")
         if not parts.path:  # file:// alone would be the current directory: never guess a place to write
             raise UsageError(f"file URL {url!r} names no path; use file:///absolute/path")
         return unquote(parts.path)
     return url
+
+
+def _shown(path, limit=300):
+    """A path fit for a one-line message: control characters (a newline typed into the
+    repository path) escaped, bytes that are not UTF-8 as \\xff, and a very long one cut
+    in the middle."""
+    text = path.encode("utf-8", "surrogateescape").decode("ascii", "backslashreplace") if not path.isascii() \
+        else path
+    text = text.encode("unicode_escape").decode("ascii") if any(c < " " or c == "\x7f" for c in text) else text
+    return text if len(text) <= limit else f"{text[:limit // 2]}...{text[-limit // 2:]}"
 
 
 def _kind(mode):
@@ -74,6 +91,7 @@ class LocalBackend(Backend):
     def __init__(self, url, temp_dir=None):
         super().__init__(url, temp_dir)
         self.root = os.path.abspath(_path_of(url))
+        self.shown = _shown(self.root)  # the root in messages
         self._cleaned = False
         # Temporaries this backend created and still holds locked, by path, so put_file
         # can release the lock of a spool it consumes. Weak: a spool object dropped
@@ -86,7 +104,7 @@ class LocalBackend(Backend):
         return "a file, not a directory" if os.path.lexists(self.root) else "no such directory"
 
     def location(self):
-        return self.root
+        return self.shown
 
     # -- walking below the root -------------------------------------------------------
     def _inside(self, target):
@@ -131,7 +149,7 @@ class LocalBackend(Backend):
                     name = "."  # a link to "dir/": the entry is the directory itself
                 if name == "..":
                     if not names:
-                        raise _LinkOut(f"{what} in {self.root} leads out of the repository through a relative "
+                        raise _LinkOut(f"{what} in {self.shown} leads out of the repository through a relative "
                                        "symbolic link; refusing to follow it")
                     os.close(fds.pop())
                     names.pop()
@@ -178,7 +196,7 @@ class LocalBackend(Backend):
         links += 1
         target = os.readlink(name, dir_fd=fds[-1])
         link = "/".join(names + [name])
-        subject = f"{what} in {self.root}" + ("" if link == what else f": {link}")
+        subject = f"{what} in {self.shown}" + ("" if link == what else f": {link}")
         if links > _MAX_LINKS:
             raise _LinkOut(f"{subject}: too many levels of symbolic links")
         if target.startswith("/"):
@@ -202,21 +220,21 @@ class LocalBackend(Backend):
         if isinstance(err, DogestryError):
             return err
         if err.errno in (errno.EACCES, errno.EPERM):
-            return StorageError(f"permission denied reading {key} in {self.root}")
-        return StorageError(f"cannot read {key} in {self.root}: {err.strerror or err}")
+            return StorageError(f"permission denied reading {key} in {self.shown}")
+        return StorageError(f"cannot read {key} in {self.shown}: {err.strerror or err}")
 
     def _write_error(self, err, key, spooling=False):
         if isinstance(err, DogestryError):
             return err
-        where = f"its spool directory {os.path.join(self.root, SPOOL_DIR)}" if spooling else self.root
+        where = f"its spool directory {os.path.join(self.shown, SPOOL_DIR)}" if spooling else self.shown
         if err.errno == errno.ENOSPC:
-            return StorageError(f"no space left on the device holding {self.root} while writing {key}"
+            return StorageError(f"no space left on the device holding {self.shown} while writing {key}"
                                 + (f" into {where}" if spooling else ""))
         if err.errno == errno.EDQUOT:
-            return StorageError(f"disk quota exceeded on the device holding {self.root} while writing {key}"
+            return StorageError(f"disk quota exceeded on the device holding {self.shown} while writing {key}"
                                 + (f" into {where}" if spooling else ""))
         if err.errno == errno.EROFS:
-            return StorageError(f"{self.root} is on a read-only filesystem; cannot write {key}")
+            return StorageError(f"{self.shown} is on a read-only filesystem; cannot write {key}")
         if err.errno in (errno.EACCES, errno.EPERM):
             return StorageError(f"permission denied writing {key} in {where}")
         return StorageError(f"cannot write {key} in {where}: {err.strerror or err}")
@@ -227,18 +245,18 @@ class LocalBackend(Backend):
         try:
             dir_fd, name = self._walk(self._key_parts(key))
         except (FileNotFoundError, NotADirectoryError):
-            raise NotFound(f"{key} not found in {self.root}") from None
+            raise NotFound(f"{key} not found in {self.shown}") from None
         try:
             st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
         except FileNotFoundError:
             os.close(dir_fd)
-            raise NotFound(f"{key} not found in {self.root}") from None
+            raise NotFound(f"{key} not found in {self.shown}") from None
         except BaseException:
             os.close(dir_fd)
             raise
         if not stat.S_ISREG(st.st_mode):
             os.close(dir_fd)
-            raise CorruptObject(f"{key} in {self.root} is not a regular file ({_kind(st.st_mode)})")
+            raise CorruptObject(f"{key} in {self.shown} is not a regular file ({_kind(st.st_mode)})")
         return dir_fd, name, st
 
     def _open_regular(self, key):
@@ -252,23 +270,23 @@ class LocalBackend(Backend):
                     if err.errno == errno.ELOOP:
                         continue  # replaced by a link since the lstat: walk again
                     if err.errno == errno.ENOENT:
-                        raise NotFound(f"{key} not found in {self.root}") from None
+                        raise NotFound(f"{key} not found in {self.shown}") from None
                     raise
                 finally:
                     os.close(dir_fd)
                 st = os.fstat(fd)
                 if not stat.S_ISREG(st.st_mode):  # replaced since the lstat
                     os.close(fd)
-                    raise CorruptObject(f"{key} in {self.root} is not a regular file ({_kind(st.st_mode)})")
+                    raise CorruptObject(f"{key} in {self.shown} is not a regular file ({_kind(st.st_mode)})")
                 return fd, st
-            raise StorageError(f"{key} in {self.root} keeps changing while it is opened")
+            raise StorageError(f"{key} in {self.shown} keeps changing while it is opened")
         except OSError as err:
             raise self._read_error(err, key) from None
 
     def get(self, key, limit=None):
         """The object's bytes; with limit, CorruptObject for an object larger than limit bytes."""
         fd, st = self._open_regular(key)
-        too_large = CorruptObject(f"{key} in {self.root} is larger than {limit} bytes; it is not an object "
+        too_large = CorruptObject(f"{key} in {self.shown} is larger than {limit} bytes; it is not an object "
                                   "dogestry wrote (a damaged or foreign file)")
         with os.fdopen(fd, "rb", buffering=0) as f:
             try:
@@ -327,7 +345,7 @@ class LocalBackend(Backend):
                     if err.errno not in (errno.ELOOP, errno.ENOTDIR):
                         raise
                     st = os.stat(SPOOL_DIR, dir_fd=root_fd, follow_symlinks=False)
-                    raise StorageError(f"{os.path.join(self.root, SPOOL_DIR)} is {_kind(st.st_mode)}, not the "
+                    raise StorageError(f"{os.path.join(self.shown, SPOOL_DIR)} is {_kind(st.st_mode)}, not the "
                                        "directory dogestry keeps its temporaries in; remove it") from None
             return os.open(SPOOL_DIR, _DIR_FLAGS, dir_fd=root_fd)
         finally:
@@ -375,7 +393,7 @@ class LocalBackend(Backend):
         except (FileNotFoundError, NotADirectoryError):
             return  # no repository, so no temporaries
         except OSError as err:
-            raise StorageError(f"cannot look for temporaries in {self.root}: {err.strerror or err}") from None
+            raise StorageError(f"cannot look for temporaries in {self.shown}: {err.strerror or err}") from None
         try:
             try:
                 spool_fd = os.open(SPOOL_DIR, _DIR_FLAGS, dir_fd=root_fd)
@@ -627,7 +645,7 @@ class LocalBackend(Backend):
         except FileNotFoundError:
             pass
         except OSError as err:
-            raise StorageError(f"cannot delete {key} in {self.root}: {err.strerror or err}") from None
+            raise StorageError(f"cannot delete {key} in {self.shown}: {err.strerror or err}") from None
         finally:
             os.close(dir_fd)
 

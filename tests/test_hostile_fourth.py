@@ -1,0 +1,248 @@
+"""A fourth adversarial pass: the local-directory remote as a hostile filesystem, the
+command line, the process environment, and locks and races seen from outside.
+
+Rule for every case (RELIABILITY.md, "Fourth adversarial pass"): no internal error or
+traceback, no hang, bounded memory; a failure is one line `dogestry: ...` naming the object,
+file or host, exit 1 (2 for usage); nothing half-written; no secret in output. Everything
+runs the real CLI (bin/dogestry) against real files, mounts, engines and processes (the
+tests run as root: tmpfs mounts are made and unmounted here).
+"""
+
+import contextlib
+import fcntl
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+
+from conftest import BIN, dogestry
+from test_serve import make_repo
+
+SECRET = "s3cr3tpw"
+
+
+def run(*args, env=None, timeout=60, input=None, cwd=None):
+    """bin/dogestry with arguments that may be bytes (paths that are not UTF-8)."""
+    return subprocess.run([sys.executable, BIN, *args], capture_output=True, env=env, input=input,
+                          timeout=timeout, cwd=cwd)
+
+
+def one_line_error(proc, status=1):
+    err = proc.stderr.decode(errors="replace")
+    assert proc.returncode == status, (proc.returncode, err)
+    assert err.startswith("dogestry: ") and err.count("\n") == 1, err
+    assert "internal error" not in err and "Traceback" not in err, err
+    return err
+
+
+def no_secret(proc):
+    out = (proc.stdout + proc.stderr).decode(errors="replace")
+    assert SECRET not in out, out
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    """A small repository (app:1, app:2, other:1), made without an engine."""
+    tmp = tmp_path_factory.mktemp("fourth")
+    return make_repo(tmp, {"app:1": [{"a.txt": b"a\n"}, {"b.bin": 50_000}], "app:2": [{"a.txt": b"a\n"}],
+                           "other:1": [{"c.txt": b"c\n"}]})
+
+
+@contextlib.contextmanager
+def tmpfs(size="1m", parent=None):
+    """A fresh tmpfs mount of the given size; unmounted (lazily, if busy) afterwards."""
+    where = tempfile.mkdtemp(prefix="dogestry-fourth.", dir=parent)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", where], check=True)
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", where], check=False)
+        os.rmdir(where)
+
+
+# -- the command line ---------------------------------------------------------------------
+HOSTILE_NUMBERS = ["0", "-1", str(10 ** 30), "nan", "1e999", " 3", "３", "٣", "", "inf", "-5m", "1e999h", "24x",
+                   "0x10", "1_0", "+3"]
+
+
+@pytest.mark.parametrize("value", HOSTILE_NUMBERS)
+def test_counts_and_durations_with_hostile_values(repo, tmp_path, value):
+    """--keep-last, --grace and --lock-timeout read plain ASCII numbers only; int() and \\d also
+    take '３' (full-width) and '٣' (Arabic-Indic) as 3, which made `gc --grace ３` collect
+    everything older than 3 seconds."""
+    lock = str(tmp_path / "lock")
+    for args, valid in ((["untag", "-n", "--keep-last", value, repo, "app"], {"0", str(10 ** 30), " 3"}),
+                        (["gc", "-n", "--grace", value, repo], {"0", " 3"}),
+                        (["gc", "-n", "--lockfile", lock, "--lock-timeout", value, repo], {"0", " 3"})):
+        proc = run(*args)
+        if value in valid:
+            assert proc.returncode == 0, proc.stderr
+        else:
+            err = one_line_error(proc, 2)
+            assert args[args.index(value) - 1] in err, err
+
+
+@pytest.mark.parametrize("port", ["５０００", "٣", "5000５"])
+def test_serve_listen_port_in_other_digits_is_a_usage_error(repo, port):
+    """`serve --listen 127.0.0.1:５` served on port 5 (int() reads full-width digits)."""
+    proc = run("serve", "--listen", f"127.0.0.1:{port}", repo, timeout=20)
+    assert "invalid port" in one_line_error(proc, 2)
+
+
+def test_the_same_option_twice_takes_the_last(repo):
+    proc = run("untag", "-n", "--keep-last", "5", "--keep-last", "0", repo, "app")
+    assert proc.returncode == 0 and proc.stdout.count(b"\n") == 2, proc
+
+
+def test_hostile_lock_files(repo, tmp_path):
+    """A directory, FIFO, device, missing directory or read-only mount as --lockfile: one
+    line naming it, never a hang. A regular file that refuses writes (/proc/self/mem, EIO)
+    was an internal error; the pid written into a lock file is only for a waiter's message,
+    so the run now goes on without it."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for path, says in ((str(tmp_path), "Is a directory"), (str(fifo), "not a regular file"),
+                       ("/dev/full", "not a regular file"), (str(tmp_path / "nope" / "lock"), "No such file"),
+                       (str(tmp_path / ("x" * 300)), "File name too long")):
+        err = one_line_error(run("gc", "-n", "--lockfile", path, repo, timeout=20))
+        assert says in err and "lock file" in err, err
+    with tmpfs("64k") as ro:
+        subprocess.run(["mount", "-o", "remount,ro", ro], check=True)
+        err = one_line_error(run("untag", "-n", "--lockfile", os.path.join(ro, "lock"), repo, "app:1"))
+        assert "Read-only file system" in err and ro in err, err
+    proc = run("gc", "-n", "--lockfile", "/proc/self/mem", repo, timeout=20)
+    assert proc.returncode == 0 and not proc.stderr, proc.stderr
+
+
+HOLDER = r"""
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)
+fcntl.flock(fd, fcntl.LOCK_EX)
+os.write(fd, b"%d somehost\n" % os.getpid())
+print("held", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_lock_whose_holder_was_killed_is_taken_at_once(repo, tmp_path):
+    """kill -9 of the process holding --lockfile: the next run takes the lock at once, it
+    does not wait for the pid written in the file."""
+    lock = str(tmp_path / "lock")
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, lock], stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout.readline() == b"held\n"
+        err = one_line_error(run("gc", "-n", "--lockfile", lock, "--lock-timeout", "1s", repo))
+        assert f"pid {holder.pid} on somehost" in err, err
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.wait()
+        started = time.monotonic()
+        proc = run("untag", "--lockfile", lock, "--lock-timeout", "5s", "-n", repo, "app:1")
+        assert proc.returncode == 0, proc.stderr
+        assert time.monotonic() - started < 4
+        with open(lock, "rb") as f:
+            assert f.read().split()[0] != str(holder.pid).encode()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+@pytest.mark.parametrize("host", [f"tcp://admin:{SECRET}@127.0.0.1:1", f"http://admin:{SECRET}@127.0.0.1:1",
+                                  f"https://admin:{SECRET}@[::1]:1/x"])
+def test_an_engine_url_with_a_password_never_prints_it(repo, tmp_path, host):
+    """DOCKER_HOST, --docker-host and --pullhosts with `user:password@`: every message names
+    the engine by its URL, and printed the password (pull, push, a fleet pull's status lines
+    and its --json)."""
+    env = dict(os.environ, DOCKER_HOST=host)
+    for args, environ in ((["pull", repo, "app:1"], env), (["--docker-host", host, "push", str(tmp_path), "x:1"], None),
+                          (["pull", "--docker-host", host, repo, "app:1"], None),
+                          (["pull", "--pullhosts", f"{host},unix:///nonexistent", repo, "app:1"], None),
+                          (["pull", "--json", "--pullhosts", f"{host},unix:///nonexistent", repo, "app:1"], None)):
+        proc = run(*args, env=environ)
+        no_secret(proc)
+        assert proc.returncode == 1, proc.stderr
+        assert b"Traceback" not in proc.stderr and b"127.0.0.1:1" in proc.stdout + proc.stderr or b"::1" in \
+            proc.stdout + proc.stderr, proc.stderr
+        if "--pullhosts" not in args:
+            one_line_error(proc)
+
+
+@pytest.mark.parametrize("remote", [f"file://user:{SECRET}@otherhost/tmp/x", f"http://user:{SECRET}@example.invalid/x",
+                                    f"https://user:{SECRET}@example.invalid:8443/idx?X-Amz-Signature=1"])
+def test_a_remote_url_with_a_password_never_prints_it(remote):
+    """`file://user:pw@host/...` quoted the password in its usage error; a share URL with
+    `user:pw@` was tried five times (http.client took `pw@host` for a port) and the error
+    quoted `'pw@host'`. Both are now usage errors that name only the host, at once."""
+    started = time.monotonic()
+    for command in ("show-ref", "list", "verify", "remote"):
+        proc = run(command, remote)
+        no_secret(proc)
+        one_line_error(proc, 2)
+    assert time.monotonic() - started < 10
+
+
+@pytest.mark.parametrize("suffix", ["?x=1", "#frag", "?", "#"])
+def test_a_file_url_with_a_query_or_fragment_is_a_usage_error(repo, suffix):
+    """`file:///srv/repo?x` was read as /srv/repo, the rest silently dropped."""
+    assert "query or fragment" in one_line_error(run("show-ref", f"file://{repo}{suffix}"), 2)
+    assert run("show-ref", f"file://{repo}").returncode == 0
+
+
+def test_repository_paths_that_are_odd(repo, tmp_path):
+    """A trailing `/.` or `/./`, a `..` inside, `file://localhost/`: the same repository. A
+    newline in the path made every error two lines; a 4,000-character path was quoted
+    whole (4 KB of error). Both are one short line now."""
+    for path in (repo + "/.", repo + "/./", f"{repo}/../{os.path.basename(repo)}", f"file://localhost{repo}"):
+        proc = run("show-ref", path)
+        assert proc.returncode == 0 and proc.stdout.count(b"\n") == 3, (path, proc.stderr)
+    proc = run("show-ref", repo + "/..")  # a directory that is no repository: an empty one, nothing written
+    assert proc.returncode == 0 and not proc.stdout and not proc.stderr, proc
+    assert not os.path.exists(os.path.join(os.path.dirname(repo), "dogestry.json"))
+    for command in (["show-ref"], ["list"], ["verify"], ["remote"], ["tag"], ["resolve-ref"]):
+        extra = {"tag": ["app:1", "app:9"], "resolve-ref": ["app:1"]}.get(command[0], [])
+        err = one_line_error(run(*command, repo + "\n", *extra))
+        assert "\\n" in err, err
+        err = one_line_error(run(*command, str(tmp_path / ("d" * 4000)), *extra))
+        assert len(err) < 600, len(err)
+    assert not os.path.exists(repo + "\n")
+
+
+def test_a_repository_path_that_is_not_utf8_under_the_c_locale(repo, tmp_path):
+    """Bytes 0xff 0xfe in the directory name, LC_ALL=C: every command works and names the
+    path with the bytes escaped, not as replacement characters or surrogates."""
+    path = os.fsencode(str(tmp_path)) + b"/\xff\xfe-repo"
+    subprocess.run(["cp", "-a", repo + "/.", path], check=True)
+    env = dict(os.environ, LC_ALL="C", LANG="C")
+    for args in (["list"], ["show-ref"], ["verify"], ["remote"], ["gc", "--grace", "0"]):
+        proc = run(*args, path, env=env)
+        assert proc.returncode == 0, proc.stderr
+        assert b"\xef\xbf\xbd" not in proc.stdout + proc.stderr and b"\\udc" not in proc.stdout + proc.stderr
+    proc = run("untag", path, "app:2", env=env)
+    assert proc.returncode == 0 and b"\\xff\\xfe-repo" in proc.stderr, proc.stderr
+    err = one_line_error(run("show-ref", path + b"/nope", env=env))
+    assert "\\xff\\xfe-repo/nope" in err, err
+
+
+@pytest.mark.parametrize("variables", [
+    {"COMP_LINE": "dogestry pu", "COMP_POINT": "x"},
+    {"COMP_LINE": "dogestry pu", "COMP_POINT": ""},
+    {"COMP_LINE": "dogestry pu", "COMP_POINT": "1e999"},
+    {"COMP_POINT": "3"},
+    {"COMP_LINE": "dogestry pu", "COMP_POINT": "11", "_ARGCOMPLETE": "yes"},
+])
+def test_completion_with_a_hostile_environment_is_one_line(variables):
+    """argcomplete reads COMP_POINT and _ARGCOMPLETE with int() and COMP_LINE with environ[]:
+    each was an internal error (ValueError, KeyError)."""
+    env = dict(os.environ, **{"_ARGCOMPLETE": "1", **variables})
+    one_line_error(run(env=env), 2)
+
+
+@pytest.mark.parametrize("point", ["11", "999", "-5", "0"])
+def test_completion_past_the_end_or_before_the_start(point):
+    env = dict(os.environ, _ARGCOMPLETE="1", COMP_LINE="dogestry pu", COMP_POINT=point)
+    proc = subprocess.run([sys.executable, BIN], env=env, capture_output=True, timeout=30, pass_fds=(),
+                          stdin=subprocess.DEVNULL)
+    assert proc.returncode in (0, 1) and not proc.stderr, proc.stderr
