@@ -246,3 +246,105 @@ def test_completion_past_the_end_or_before_the_start(point):
     proc = subprocess.run([sys.executable, BIN], env=env, capture_output=True, timeout=30, pass_fds=(),
                           stdin=subprocess.DEVNULL)
     assert proc.returncode in (0, 1) and not proc.stderr, proc.stderr
+
+
+# -- the local-directory remote as a hostile filesystem -------------------------------------
+def copy_of(repo, tmp_path, name="copy"):
+    dest = tmp_path / name
+    subprocess.run(["cp", "-a", repo, str(dest)], check=True)
+    return dest
+
+
+def objects(root):
+    return sorted(str(p.relative_to(root)) for kind in ("images", "configs", "layers") for p in (root / kind).rglob("*")
+                  if p.is_file())
+
+
+@pytest.mark.parametrize("replace", ["file", "fifo", "link out"])
+def test_refs_directory_replaced_is_an_error_never_an_empty_repository(repo, tmp_path, replace):
+    """`repositories` replaced by a file, a FIFO, or a link out of the repository was listed
+    as empty: show-ref printed nothing with exit 0 and `gc --grace 0` removed every object of
+    every image. Now every command that lists refs fails naming it, and gc removes nothing."""
+    root = copy_of(repo, tmp_path)
+    before = objects(root)
+    refs = root / "repositories"
+    subprocess.run(["mv", str(refs), str(tmp_path / "refs-elsewhere")], check=True)
+    if replace == "file":
+        refs.write_text("x")
+    elif replace == "fifo":
+        os.mkfifo(refs)
+    else:
+        os.symlink(tmp_path / "refs-elsewhere", refs)
+    for args in (["show-ref"], ["list"], ["verify"], ["remote"], ["gc", "--grace", "0"], ["gc", "-n"],
+                 ["untag", "--keep-last", "0"]):
+        extra = ["app"] if args[0] == "untag" else []
+        err = one_line_error(run(*args, str(root), *extra, timeout=30))
+        assert "repositories" in err, err
+    assert objects(root) == before
+
+
+def test_an_objects_directory_replaced_by_a_file_is_named(repo, tmp_path):
+    root = copy_of(repo, tmp_path)
+    subprocess.run(["rm", "-rf", str(root / "layers")], check=True)
+    (root / "layers").write_text("x")
+    for args in (["verify"], ["gc", "--grace", "0"], ["remote"]):
+        assert "layers is a regular file, not a directory" in one_line_error(run(*args, str(root)))
+    assert (root / "layers").read_text() == "x"
+
+
+def test_leases_linked_out_stop_gc(repo, tmp_path):
+    """A running push announces itself by a lease; leases listed as empty would let gc delete
+    what the push just wrote."""
+    root = copy_of(repo, tmp_path)
+    (root / "leases").mkdir(exist_ok=True)
+    subprocess.run(["rm", "-rf", str(root / "leases")], check=True)
+    os.symlink("/tmp", root / "leases")
+    before = objects(root)
+    for args in (["gc", "--grace", "0"], ["gc", "-n"]):
+        assert "leases" in one_line_error(run(*args, str(root)))
+    assert objects(root) == before
+
+
+@pytest.mark.parametrize("kind", ["socket", "dev zero", "directory", "device"])
+def test_a_layer_that_is_not_a_regular_file(repo, tmp_path, kind):
+    """A layer replaced by a socket, a link to /dev/zero, a directory or a character device:
+    verify names it and every reader fails in bounded time; nothing hangs."""
+    import stat as stat_module
+
+    root = copy_of(repo, tmp_path)
+    layer = max((p for p in (root / "layers/sha256").iterdir() if not p.name.endswith(".json")),
+                key=lambda p: p.stat().st_size)
+    layer.unlink()
+    if kind == "socket":
+        os.mknod(layer, stat_module.S_IFSOCK | 0o600)  # bind() would refuse a path this long
+    elif kind == "dev zero":
+        os.symlink("/dev/zero", layer)
+    elif kind == "directory":
+        layer.mkdir()
+    else:
+        os.mknod(layer, stat_module.S_IFCHR | 0o600, os.makedev(1, 5))
+    proc = run("verify", str(root), timeout=30)
+    assert proc.returncode == 1 and layer.name in proc.stdout.decode(), proc
+    assert b"Traceback" not in proc.stderr
+    for args in (["build-load-tar", str(root), "app:1"], ["sync-objects", "--image", "app:1", str(root),
+                                                          str(tmp_path / "dst")]):
+        err = one_line_error(run(*args, timeout=30))
+        assert layer.name in err, err
+    assert run("show-ref", str(root)).returncode == 0
+
+
+def test_a_read_only_repository(repo):
+    """The repository on a read-only mount: readers work; every writer fails with one line
+    naming the read-only filesystem, and nothing changes."""
+    with tmpfs("4m") as mnt:
+        subprocess.run(["cp", "-a", repo, os.path.join(mnt, "r")], check=True)
+        subprocess.run(["mount", "-o", "remount,ro", mnt], check=True)
+        root = os.path.join(mnt, "r")
+        for args in (["show-ref", root], ["list", root], ["verify", "--all", root], ["remote", root],
+                     ["resolve-ref", root, "app:1"], ["walk-ancestry", root, "app:1"], ["gc", "-n", root]):
+            assert run(*args).returncode == 0, args
+        for args in (["gc", root], ["untag", root, "app:1"], ["untag", "--keep-last", "0", root, "app"],
+                     ["tag", root, "app:1", "app:9"], ["update-ref", root, "app:7", "app:1"]):
+            err = one_line_error(run(*args))
+            assert "Read-only file system" in err or "read-only filesystem" in err, err
+        assert run("show-ref", root).stdout.count(b"\n") == 3

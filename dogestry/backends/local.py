@@ -35,6 +35,7 @@ from ..errors import CorruptObject, DogestryError, NotFound, StorageError, Usage
 from . import Backend, ObjectInfo, check_key, unheld
 
 _CHUNK = 1 << 20
+_OBJECT_DIRS = ("layers", "configs", "images")  # what gc deletes, as opposed to what keeps objects alive
 SPOOL_DIR = ".spool"
 _MAX_LINKS = 40  # as the kernel's MAXSYMLINKS: a longer chain is a loop
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
@@ -609,8 +610,21 @@ class LocalBackend(Backend):
                     os.close(parent_fd)
             else:
                 base = self._open_root(create=False)
-        except (FileNotFoundError, NotADirectoryError, _LinkOut):
+        except FileNotFoundError:
             return  # nothing under prefix
+        except _LinkOut as err:
+            # Objects behind a link out are not listed (nothing there is ever deleted or read).
+            # Refs, leases and share indexes are what keep objects alive: listed as empty, a
+            # `repositories` linked elsewhere made gc delete every object. Refuse instead.
+            if rel.split("/")[0] in _OBJECT_DIRS:
+                return
+            raise StorageError(f"cannot list {prefix}: {err}") from None
+        except NotADirectoryError:
+            if not rel:
+                return  # the root itself: missing() says what it is
+            # A file (or FIFO, device...) where the directory should be is damage, not an empty
+            # directory: listed as empty, `repositories` made gc take every image for unreachable.
+            raise StorageError(f"cannot list {prefix} in {self.shown}: {self._not_a_directory(rel)}") from None
         except OSError as err:  # unreadable is not empty: "not found" would mislead
             raise self._read_error(err, prefix or "the repository") from None
         try:
@@ -632,6 +646,19 @@ class LocalBackend(Backend):
                     yield key, st
         finally:
             os.close(base)
+
+    def _not_a_directory(self, rel):
+        """Which component of rel is not a directory, for a message (by path: only said, never followed)."""
+        path = self.root
+        for part in rel.split("/"):
+            path = os.path.join(path, part)
+            try:
+                mode = os.lstat(path).st_mode
+            except OSError:
+                break
+            if not stat.S_ISDIR(mode):
+                return f"{os.path.relpath(path, self.root)} is {_kind(mode)}, not a directory"
+        return "a component of it is not a directory"
 
     def delete(self, key):
         try:
