@@ -11,6 +11,7 @@ tests run as root: tmpfs mounts are made and unmounted here).
 import contextlib
 import fcntl
 import os
+import pathlib
 import signal
 import subprocess
 import sys
@@ -348,3 +349,60 @@ def test_a_read_only_repository(repo):
             err = one_line_error(run(*args))
             assert "Read-only file system" in err or "read-only filesystem" in err, err
         assert run("show-ref", root).stdout.count(b"\n") == 3
+
+
+# -- permissions and the umask (as user nobody: root reads and enters everything) ------------
+from test_local_hostile import world_readable_dir  # noqa: E402,F401  (a fixture)
+
+NOBODY_MAIN = "import sys; from dogestry.cli import main; sys.exit(main(sys.argv[1:]))"
+
+
+def as_nobody(top, *args, umask="022", input=None):
+    """dogestry's main as user nobody under the given umask, with Debian's python3 and the
+    package copied where nobody can read it."""
+    return subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/bin/sh", "-c",
+                           f'umask {umask}; exec "$@"', "sh", "/usr/bin/python3", "-c", NOBODY_MAIN, *args],
+                          capture_output=True, timeout=60, cwd=top, input=input,
+                          env={"PATH": "/usr/bin:/bin", "PYTHONPATH": top, "HOME": top})
+
+
+def test_a_repository_written_under_umask_0777_is_usable_by_its_writer(repo, world_readable_dir):
+    """Objects are written 0644 whatever the umask, but the directories holding them obeyed
+    it: under umask 0777 a user's first write made `dst/` with mode 000 and then failed with
+    "permission denied writing dogestry.json in dst" in a directory of its own. Directories
+    it makes now always keep their owner's rwx (and nothing more than the umask allows)."""
+    src = os.path.join(world_readable_dir, "src")
+    subprocess.run(["cp", "-a", repo, src], check=True)
+    subprocess.run(["chmod", "-R", "a+rX", src], check=True)
+    os.mkdir(os.path.join(world_readable_dir, "w"), 0o777)
+    os.chmod(os.path.join(world_readable_dir, "w"), 0o777)  # where nobody may create dst
+    dst = os.path.join(world_readable_dir, "w", "dst")
+    proc = as_nobody(world_readable_dir, "sync-objects", "--image", "app:1", src, dst, umask="0777")
+    assert proc.returncode == 0, proc.stderr
+    records = as_nobody(world_readable_dir, "resolve-ref", src, "app:1").stdout
+    proc = as_nobody(world_readable_dir, "update-ref", "--stdin", dst, input=records, umask="0777")
+    assert proc.returncode == 0, proc.stderr
+    assert as_nobody(world_readable_dir, "show-ref", dst, umask="0777").stdout == records
+    for path in (dst, os.path.join(dst, "repositories", "app"), os.path.join(dst, ".spool")):
+        assert os.stat(path).st_mode & 0o777 == 0o700, (path, oct(os.stat(path).st_mode))
+    proc = as_nobody(world_readable_dir, "untag", dst, "app:1", umask="0777")
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_unreadable_refs_stop_gc_and_untag(repo, world_readable_dir):
+    """refs/ that the user cannot read (EACCES): gc and untag --keep-last fail naming it
+    and remove nothing; an unreadable layer is named by verify --all."""
+    root = os.path.join(world_readable_dir, "r")
+    subprocess.run(["cp", "-a", repo, root], check=True)
+    subprocess.run(["chown", "-R", "65534:65534", root], check=True)
+    before = objects(pathlib.Path(root))
+    os.chmod(os.path.join(root, "repositories"), 0o000)
+    try:
+        for args in (["gc", "--grace", "0", root], ["untag", "--keep-last", "0", root, "app"], ["show-ref", root]):
+            proc = as_nobody(world_readable_dir, *args)
+            err = one_line_error(proc)
+            assert "permission denied" in err and "repositories" in err, err
+    finally:
+        os.chmod(os.path.join(root, "repositories"), 0o755)
+    assert objects(pathlib.Path(root)) == before
+    assert run("show-ref", root).stdout.count(b"\n") == 3
