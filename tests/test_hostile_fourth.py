@@ -406,3 +406,111 @@ def test_unreadable_refs_stop_gc_and_untag(repo, world_readable_dir):
         os.chmod(os.path.join(root, "repositories"), 0o755)
     assert objects(pathlib.Path(root)) == before
     assert run("show-ref", root).stdout.count(b"\n") == 3
+
+
+# -- the environment with real engines -------------------------------------------------------
+def test_pull_of_a_10mb_layer_with_tmpdir_on_a_1mb_tmpfs(engine_named, unique, tmp_path):
+    """TMPDIR and DOGESTRY_TEMP_DIR on a 1 MB tmpfs while pulling a 10 MB layer (d20): the pull
+    streams into the engine, so it works and leaves the tmpfs empty; HOME unset or a file
+    changes nothing."""
+    d20 = engine_named("d20")
+    name = f"h4-{unique}:1"
+    root = make_repo(tmp_path, {name: [{"big.bin": os.urandom(10 << 20)}]})
+    d20.created.append(name)
+    with tmpfs("1m") as tiny:
+        for variables in ({"TMPDIR": tiny}, {"DOGESTRY_TEMP_DIR": tiny, "HOME": "/etc/passwd"}):
+            d20.rmi(name)
+            env = dict(d20.env(), **variables)
+            env.pop("HOME", None) if "HOME" not in variables else None
+            proc = run("pull", root, name, env=env, timeout=120)
+            assert proc.returncode == 0, proc.stderr
+            assert os.listdir(tiny) == []
+            assert d20.inspect(name) is not None
+
+
+def test_an_open_file_limit_of_32(engine_named, unique, tmp_path):
+    """`ulimit -n 32` (prlimit) during a pull and a push of a 20-layer image (d20), and a gc and
+    verify of the result: all work."""
+    d20 = engine_named("d20")
+    name = f"h4-{unique}:20"
+    root = make_repo(tmp_path, {name: [{f"f{i}.txt": os.urandom(4000 + i)} for i in range(20)]})
+    d20.created.append(name)
+    limit = ["prlimit", "--nofile=32", sys.executable, BIN]
+    env = d20.env()
+    proc = subprocess.run([*limit, "pull", root, name], capture_output=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    back = str(tmp_path / "back")
+    for args in (["push", back, name], ["verify", back], ["gc", "--grace", "0", back]):
+        proc = subprocess.run([*limit, *args], capture_output=True, env=env, timeout=120)
+        assert proc.returncode == 0, (args, proc.stderr)
+    assert run("show-ref", back).stdout.split() == run("show-ref", root).stdout.split()
+
+
+# -- locks and races from the outside -----------------------------------------------------------
+def test_two_untag_keep_last_at_once_keep_the_newest(repo, tmp_path):
+    """Two `untag --keep-last` runs (2 and 3) at once on one remote without a lockfile: the
+    union of their removals, never a tag that either would keep."""
+    for attempt in range(3):
+        root = copy_of(repo, tmp_path, f"keep{attempt}")
+        for tag in range(3, 9):
+            assert run("tag", str(root), "app:1", f"app:{tag}").returncode == 0
+            time.sleep(0.02)  # distinct push times: 'newest' is well defined
+        runs = [subprocess.Popen([sys.executable, BIN, "untag", "--keep-last", n, str(root), "app"],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE) for n in ("2", "3")]
+        for proc in runs:
+            _out, err = proc.communicate(timeout=60)
+            assert proc.returncode == 0, err
+        refs = run("show-ref", str(root)).stdout.decode().split()[1::2]
+        assert sorted(refs) == ["app:7", "app:8", "other:1"], refs
+        assert run("verify", str(root)).returncode == 0
+
+
+def test_gc_while_tag_names_an_unreachable_image(repo, tmp_path):
+    """gc --grace 0 racing `tag` of an image no ref reaches: either the tag fails (the image
+    is gone) or the new ref's image stays complete; verify is clean either way."""
+    import random
+
+    for attempt in range(5):
+        root = str(copy_of(repo, tmp_path, f"race{attempt}"))
+        image = run("resolve-ref", root, "app:2").stdout.split()[0].decode()
+        assert run("untag", root, "app:2").returncode == 0
+        gc = subprocess.Popen([sys.executable, BIN, "gc", "--grace", "0", root], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE)
+        time.sleep(random.random() * 0.3)
+        tag = run("tag", root, image[7:19], "app:new")
+        _out, err = gc.communicate(timeout=60)
+        assert gc.returncode == 0, err
+        if tag.returncode:
+            one_line_error(tag)
+        else:
+            assert run("resolve-ref", root, "app:new").stdout.split()[0].decode() == image
+        assert run("verify", root).returncode == 0
+
+
+def test_pull_while_gc_deletes_the_image(engine_named, unique, tmp_path):
+    """A pull (d20) of an image gc --grace 0 is deleting: the image, whole, or one line and
+    the engine without it; never a half-loaded image."""
+    import random
+
+    d20 = engine_named("d20")
+    name = f"h4-{unique}:1"
+    source = make_repo(tmp_path, {name: [{"a.txt": b"a\n"}, {"big.bin": os.urandom(6 << 20)}]})
+    image = run("resolve-ref", source, name).stdout.split()[0].decode()
+    d20.created.append(image)
+    for attempt in range(4):
+        d20.rmi(image)
+        root = str(copy_of(source, tmp_path, f"pull{attempt}"))
+        assert run("untag", root, name).returncode == 0
+        pull = subprocess.Popen([sys.executable, BIN, "pull", root, image[7:19]], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, env=d20.env())
+        time.sleep(random.random() * 0.4)
+        assert run("gc", "--grace", "0", root).returncode == 0
+        _out, err = pull.communicate(timeout=120)
+        if pull.returncode:
+            one_line_error(subprocess.CompletedProcess(pull.args, pull.returncode, b"", err))
+            assert d20.inspect(image) is None
+        else:
+            assert d20.inspect(image)["RootFS"]["Layers"][-1].startswith("sha256:")
+            saved = subprocess.run(["docker", "-H", d20.env()["DOCKER_HOST"], "save", image],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            assert saved.returncode == 0 and len(saved.stdout) > 6 << 20, saved.stderr  # every layer is there
