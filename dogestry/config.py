@@ -169,10 +169,13 @@ def without_password(url):
 
 
 def _check_share_url(url):
-    """A share URL (http or https) is pre-signed and never carries `user:password@`: one that
-    does is a mistake, and the HTTP client took `password@host` for a port and quoted it."""
+    """A share URL (http or https) names a host and never carries `user:password@` (it is
+    pre-signed): without a host it was tried five times; with a password, the HTTP client
+    took `password@host` for a port and quoted it."""
     scheme, sep, rest = url.partition("://")
     authority = rest.partition("/")[0].partition("?")[0].partition("#")[0]
+    if sep and scheme.lower() in ("http", "https") and not authority:
+        raise UsageError(f"share URL {url[:80]!r} names no host; use the URL 'dogestry share' printed")
     if sep and scheme.lower() in ("http", "https") and "@" in authority:
         raise UsageError(f"share URL {scheme}://{authority.rpartition('@')[2][:80]}/... has a user or password "
                          "in it; a share URL (from 'dogestry share') needs none")

@@ -514,3 +514,29 @@ def test_pull_while_gc_deletes_the_image(engine_named, unique, tmp_path):
             saved = subprocess.run(["docker", "-H", d20.env()["DOCKER_HOST"], "save", image],
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
             assert saved.returncode == 0 and len(saved.stdout) > 6 << 20, saved.stderr  # every layer is there
+
+
+@pytest.mark.parametrize("remote", ["https://", "https://?X-Amz-Signature=1", "http:///x", "HTTPS://#y"])
+def test_a_share_url_without_a_host_is_a_usage_error_at_once(remote):
+    """It was tried five times (with backoff) before "no host given"."""
+    started = time.monotonic()
+    assert "names no host" in one_line_error(run("list", remote), 2)
+    assert time.monotonic() - started < 5
+
+
+def test_a_push_that_fills_the_repository_disk(engine_named, unique):
+    """ENOSPC in the middle of a push (d20) to a 2 MB tmpfs remote, a 6 MB layer: one line
+    naming the remote and the spool, no ref, no object under its final name that is not
+    whole, no temporary left; a later push to a roomier place works."""
+    d20 = engine_named("d20")
+    name = f"h4-{unique}:1"
+    d20.import_base(name, salt=os.urandom(6 << 20).hex())  # about 12 MB of incompressible salt
+    with tmpfs("2m") as small:
+        root = os.path.join(small, "r")
+        err = one_line_error(run("push", root, name, env=d20.env(), timeout=120))
+        assert "no space left" in err and root in err, err
+        assert run("show-ref", root).stdout == b""
+        assert not os.listdir(os.path.join(root, ".spool"))
+        assert not os.path.exists(os.path.join(root, "repositories"))
+        proc = run("verify", "--all", root)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
