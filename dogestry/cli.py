@@ -149,12 +149,22 @@ def _catch_termination():
             return
 
 
+def _usable_umask():
+    """Keep the owner's bits out of the umask. Objects are written 0644 whatever it is, but
+    under umask 0777 the directories holding them, spools and lock files were made mode 000:
+    the user's next step in a directory of its own failed with "permission denied". Set once,
+    here, before any thread: the umask is the whole process's."""
+    old = os.umask(0o022)
+    os.umask(old & ~0o700)
+
+
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     try:
         _catch_termination()
         _standard_streams()
+        _usable_umask()
         status = _main(argv)
         sys.stdout.flush()  # here, where a failure is still one line, not at interpreter exit
         return status

@@ -369,8 +369,8 @@ def as_nobody(top, *args, umask="022", input=None):
 def test_a_repository_written_under_umask_0777_is_usable_by_its_writer(repo, world_readable_dir):
     """Objects are written 0644 whatever the umask, but the directories holding them obeyed
     it: under umask 0777 a user's first write made `dst/` with mode 000 and then failed with
-    "permission denied writing dogestry.json in dst" in a directory of its own. Directories
-    it makes now always keep their owner's rwx (and nothing more than the umask allows)."""
+    "permission denied writing dogestry.json in dst" in a directory of its own. The CLI now
+    keeps the owner's bits out of the umask (and nothing more than the umask allows)."""
     src = os.path.join(world_readable_dir, "src")
     subprocess.run(["cp", "-a", repo, src], check=True)
     subprocess.run(["chmod", "-R", "a+rX", src], check=True)
@@ -540,3 +540,19 @@ def test_a_push_that_fills_the_repository_disk(engine_named, unique):
         assert not os.path.exists(os.path.join(root, "repositories"))
         proc = run("verify", "--all", root)
         assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_a_lock_file_made_under_umask_0777_opens_again(repo, world_readable_dir):
+    """The lock file was created with mode 000 under umask 0777; the same user's next run
+    could not open it ("Permission denied")."""
+    work = os.path.join(world_readable_dir, "w")
+    os.mkdir(work)
+    os.chmod(work, 0o777)
+    lock = os.path.join(work, "lock")
+    src = os.path.join(world_readable_dir, "src")
+    subprocess.run(["cp", "-a", repo, src], check=True)
+    subprocess.run(["chmod", "-R", "a+rX", src], check=True)
+    for attempt in range(2):
+        proc = as_nobody(world_readable_dir, "gc", "-n", "--lockfile", lock, src, umask="0777")
+        assert proc.returncode == 0, (attempt, proc.stderr)
+    assert os.stat(lock).st_mode & 0o600 == 0o600

@@ -125,7 +125,6 @@ class LocalBackend(Backend):
             if not create:
                 raise
             os.makedirs(self.root, exist_ok=True)
-            _owner_may_use(os.open(self.root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC))
             return os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
 
     def _walk(self, parts, create=False, follow_last=True, what=None):
@@ -173,7 +172,7 @@ class LocalBackend(Backend):
                     if not create:
                         raise
                     try:
-                        _mkdir(name, fds[-1])
+                        os.mkdir(name, 0o755, dir_fd=fds[-1])
                     except FileExistsError:
                         pass  # a concurrent writer made it
                     pending.insert(0, name)
@@ -340,7 +339,7 @@ class LocalBackend(Backend):
                     return os.open(SPOOL_DIR, _DIR_FLAGS, dir_fd=root_fd)
                 except FileNotFoundError:
                     try:
-                        _mkdir(SPOOL_DIR, root_fd)
+                        os.mkdir(SPOOL_DIR, 0o755, dir_fd=root_fd)
                     except FileExistsError:
                         pass  # a concurrent writer made it
                 except OSError as err:
@@ -676,24 +675,6 @@ class LocalBackend(Backend):
             raise StorageError(f"cannot delete {key} in {self.shown}: {err.strerror or err}") from None
         finally:
             os.close(dir_fd)
-
-
-def _mkdir(name, dir_fd):
-    os.mkdir(name, 0o755, dir_fd=dir_fd)
-    _owner_may_use(os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd))
-
-
-def _owner_may_use(fd):
-    """Give a directory just made its owner's rwx, then close fd (an O_PATH descriptor, so a
-    swap for a link cannot redirect the chmod). Objects are written 0644 whatever the umask;
-    under umask 0777 (or 0300...) the directories holding them were made unusable even to
-    their writer, whose next step then failed with "permission denied"."""
-    try:
-        mode = stat.S_IMODE(os.fstat(fd).st_mode)
-        if mode & 0o700 != 0o700:
-            os.chmod(f"/proc/self/fd/{fd}", mode | 0o700)
-    finally:
-        os.close(fd)
 
 
 def _present(dir_fd, name):
