@@ -556,3 +556,22 @@ def test_a_lock_file_made_under_umask_0777_opens_again(repo, world_readable_dir)
         proc = as_nobody(world_readable_dir, "gc", "-n", "--lockfile", lock, src, umask="0777")
         assert proc.returncode == 0, (attempt, proc.stderr)
     assert os.stat(lock).st_mode & 0o600 == 0o600
+
+
+def test_no_repository_is_made_at_the_filesystem_root(repo):
+    """`push "$DIR/" IMAGE` with DIR unset (or `file:///`) scattered dogestry.json, layers/,
+    images/, configs/, repositories/, leases/ and .spool/ over /. A repository is never made
+    there now; reading / (an empty location) still works."""
+    made = ["dogestry.json", "layers", "images", "configs", "repositories", "leases", ".spool"]
+    existed = {name for name in made if os.path.lexists("/" + name)}
+    try:
+        for remote in ("/", "file:///", "/tmp/../", "file://localhost/"):
+            err = one_line_error(run("sync-objects", "--image", "app:1", repo, remote), 2)
+            assert "filesystem root" in err, err
+            err = one_line_error(run("update-ref", remote, "app:9", "app:1"), 1)
+        assert run("show-ref", "/").returncode == 0
+        assert {name for name in made if os.path.lexists("/" + name)} == existed
+    finally:
+        for name in made:
+            if name not in existed and os.path.lexists("/" + name):
+                subprocess.run(["rm", "-rf", "/" + name], check=False)

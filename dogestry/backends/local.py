@@ -379,6 +379,10 @@ class LocalBackend(Backend):
         """Remove stale temporaries of killed writers, once per backend, from .spool only."""
         if self._cleaned:
             return
+        if os.path.realpath(self.root) == "/" and not os.path.lexists(os.path.join(self.root, "dogestry.json")):
+            # `push "$DIR/" ...` with DIR unset: never scatter a repository over /.
+            raise UsageError(f"refusing to make a repository at {self.shown}, the filesystem root; "
+                             "name a directory (e.g. /srv/images)")
         self._cleaned = True
         try:
             self.clean_leftovers(everywhere=False)
