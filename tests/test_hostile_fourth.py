@@ -87,6 +87,13 @@ def test_counts_and_durations_with_hostile_values(repo, tmp_path, value):
             assert args[args.index(value) - 1] in err, err
 
 
+@pytest.mark.parametrize("value", ["３", "-1", "", "1e999", "0", "8d"])
+def test_share_expires_with_hostile_values_names_the_option(value):
+    """`share --expires ３` said "invalid duration '３'" without naming the option."""
+    err = one_line_error(run("share", "--expires", value, "s3://bucket/prefix/", "app:1"), 2)
+    assert "--expires" in err, err
+
+
 @pytest.mark.parametrize("port", ["５０００", "٣", "5000５"])
 def test_serve_listen_port_in_other_digits_is_a_usage_error(repo, port):
     """`serve --listen 127.0.0.1:５` served on port 5 (int() reads full-width digits)."""
