@@ -582,3 +582,22 @@ def test_no_repository_is_made_at_the_filesystem_root(repo):
         for name in made:
             if name not in existed and os.path.lexists("/" + name):
                 subprocess.run(["rm", "-rf", "/" + name], check=False)
+
+
+def test_tag_untag_and_gc_on_a_full_disk(repo):
+    """The remote's disk full: `tag` fails with one line and writes no ref (not even an empty
+    one); `untag` works, and then gc (whose lease needs the blocks untag freed) removes what
+    no ref reaches."""
+    with tmpfs("1m") as mnt:
+        root = os.path.join(mnt, "r")
+        subprocess.run(["cp", "-a", repo, root], check=True)
+        subprocess.run(["dd", "if=/dev/zero", f"of={mnt}/fill", "bs=1k"], capture_output=True)
+        subprocess.run(["dd", "if=/dev/zero", f"of={mnt}/fill2", "bs=1", "count=100000"], capture_output=True)
+        err = one_line_error(run("tag", root, "app:1", "app:full"))
+        assert "no space left" in err and root in err, err
+        assert not os.path.exists(os.path.join(root, "repositories/app/_tags/full"))
+        assert os.listdir(os.path.join(root, ".spool")) == []
+        assert run("untag", root, "app:2").returncode == 0
+        proc = run("gc", "--grace", "0", root)
+        assert proc.returncode == 0 and b"removed 2 object(s)" in proc.stdout, proc
+        assert run("verify", root).returncode == 0
