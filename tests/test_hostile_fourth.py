@@ -601,3 +601,9 @@ def test_tag_untag_and_gc_on_a_full_disk(repo):
         proc = run("gc", "--grace", "0", root)
         assert proc.returncode == 0 and b"removed 2 object(s)" in proc.stdout, proc
         assert run("verify", root).returncode == 0
+
+
+def test_a_repository_path_in_utf8_is_named_as_typed(tmp_path):
+    path = str(tmp_path / "dépôt\x01")
+    err = one_line_error(run("show-ref", path))
+    assert "dépôt\\x01" in err, err

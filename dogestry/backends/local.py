@@ -67,10 +67,11 @@ def _shown(path, limit=300):
     """A path fit for a one-line message: control characters (a newline typed into the
     repository path) escaped, bytes that are not UTF-8 as \\xff, and a very long one cut
     in the middle."""
-    text = path.encode("utf-8", "surrogateescape").decode("ascii", "backslashreplace") if not path.isascii() \
-        else path
-    text = text.encode("unicode_escape").decode("ascii") if any(c < " " or c == "\x7f" for c in text) else text
+    text = path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace").translate(_CONTROL)
     return text if len(text) <= limit else f"{text[:limit // 2]}...{text[-limit // 2:]}"
+
+
+_CONTROL = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7f]} | {0x0a: "\\n", 0x0d: "\\r", 0x09: "\\t"}
 
 
 def _kind(mode):
