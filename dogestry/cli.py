@@ -196,11 +196,13 @@ _CONTROL = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7f]} | {0x0a: "\\n", 0x0d
 _PASSWORD = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://[^/@\s:]*):[^/@\s]*@")
 
 
-def _one_line(text):
+def _one_line(text, limit=1000):
     """An error as the one line the rule promises, whatever it quotes: a newline or other
-    control character (a path or name typed with one) is shown escaped, and the password of
-    any `scheme://user:password@` left in it is dropped."""
-    return _PASSWORD.sub(r"\1@", text).translate(_CONTROL)
+    control character (a path or name typed with one) is shown escaped, the password of any
+    `scheme://user:password@` left in it is dropped, and one that quotes something huge (a
+    4,000-character --lockfile path) is cut in the middle."""
+    text = _PASSWORD.sub(r"\1@", text).translate(_CONTROL)
+    return text if len(text) <= limit else f"{text[:limit // 2]} ... {text[-limit // 2:]}"
 
 
 def _subparsers_needed(argv, word):
