@@ -18,7 +18,7 @@ import os
 import re
 import stat
 
-from .errors import UsageError
+from .errors import DogestryError, UsageError
 
 _SECTION_RE = re.compile(r'^\[\s*([A-Za-z0-9_.-]+)(?:\s+"((?:[^"\\]|\\.)*)")?\s*\]$')
 _KEY_RE = re.compile(r"^([A-Za-z][A-Za-z0-9_-]*)\s*(?:=\s*(.*))?$")
@@ -177,5 +177,6 @@ def _check_share_url(url):
     if sep and scheme.lower() in ("http", "https") and not authority:
         raise UsageError(f"share URL {url[:80]!r} names no host; use the URL 'dogestry share' printed")
     if sep and scheme.lower() in ("http", "https") and "@" in authority:
-        raise UsageError(f"share URL {scheme}://{authority.rpartition('@')[2][:80]}/... has a user or password "
-                         "in it; a share URL (from 'dogestry share') needs none")
+        # Exit 1, as when such a URL was fetched and refused (test_adversary): not a usage error.
+        raise DogestryError(f"share URL {scheme}://<user>@{authority.rpartition('@')[2][:80]}/... carries a user "
+                            "or password; a share URL (from 'dogestry share') needs none")
