@@ -9,7 +9,6 @@ tests run as root: tmpfs mounts are made and unmounted here).
 """
 
 import contextlib
-import fcntl
 import os
 import pathlib
 import signal
@@ -20,7 +19,8 @@ import time
 
 import pytest
 
-from conftest import BIN, dogestry
+from conftest import BIN
+from test_local_hostile import world_readable_dir  # noqa: F401  (a fixture, for the tests as nobody)
 from test_serve import make_repo
 
 SECRET = "s3cr3tpw"
@@ -361,8 +361,6 @@ def test_a_read_only_repository(repo):
 
 
 # -- permissions and the umask (as user nobody: root reads and enters everything) ------------
-from test_local_hostile import world_readable_dir  # noqa: E402,F401  (a fixture)
-
 NOBODY_MAIN = "import sys; from dogestry.cli import main; sys.exit(main(sys.argv[1:]))"
 
 
