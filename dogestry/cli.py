@@ -7,6 +7,7 @@ traceback only with --debug. An unknown COMMAND runs `dogestry-COMMAND` from PAT
 
 import io
 import os
+import re
 import shutil
 import signal
 import sys
@@ -148,19 +149,29 @@ def _catch_termination():
             return
 
 
+def _usable_umask():
+    """Keep the owner's bits out of the umask. Objects are written 0644 whatever it is, but
+    under umask 0777 the directories holding them, spools and lock files were made mode 000:
+    the user's next step in a directory of its own failed with "permission denied". Set once,
+    here, before any thread: the umask is the whole process's."""
+    old = os.umask(0o022)
+    os.umask(old & ~0o700)
+
+
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     try:
         _catch_termination()
         _standard_streams()
+        _usable_umask()
         status = _main(argv)
         sys.stdout.flush()  # here, where a failure is still one line, not at interpreter exit
         return status
     except DogestryError as err:
         if debug:
             raise
-        print(f"dogestry: {err}", file=sys.stderr)
+        print(f"dogestry: {_one_line(str(err))}", file=sys.stderr)
         return err.exit_status
     except Terminated as err:
         print(f"dogestry: terminated by {signal.Signals(err.signum).name}", file=sys.stderr)
@@ -176,8 +187,22 @@ def main(argv=None):
     except Exception as err:  # anything unexpected is still one line unless --debug
         if debug:
             raise
-        print(f"dogestry: internal error: {type(err).__name__}: {err} (rerun with --debug for details)", file=sys.stderr)
+        print(f"dogestry: internal error: {type(err).__name__}: {_one_line(str(err))} (rerun with --debug for details)",
+              file=sys.stderr)
         return 1
+
+
+_CONTROL = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7f]} | {0x0a: "\\n", 0x0d: "\\r", 0x09: "\\t"}
+_PASSWORD = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://[^/@\s:]*):[^/@\s]*@")
+
+
+def _one_line(text, limit=1000):
+    """An error as the one line the rule promises, whatever it quotes: a newline or other
+    control character (a path or name typed with one) is shown escaped, the password of any
+    `scheme://user:password@` left in it is dropped, and one that quotes something huge (a
+    4,000-character --lockfile path) is cut in the middle."""
+    text = _PASSWORD.sub(r"\1@", text).translate(_CONTROL)
+    return text if len(text) <= limit else f"{text[:limit // 2]} ... {text[-limit // 2:]}"
 
 
 def _subparsers_needed(argv, word):
@@ -189,12 +214,24 @@ def _subparsers_needed(argv, word):
     return [word] if word is not None else []
 
 
+def _check_completion_environment(environ):
+    """The variables a shell sets for completion: argcomplete reads them with int() and
+    environ[...], so one missing or not a number was an internal error."""
+    for name in ("_ARGCOMPLETE", "COMP_POINT"):
+        value = environ.get(name, "")
+        if not re.fullmatch(r"-?[0-9]{1,18}", value):
+            raise UsageError(f"shell completion: {name} {value[:80]!r} is not a number")
+    if "COMP_LINE" not in environ:
+        raise UsageError("shell completion: COMP_LINE is not set")
+
+
 def _main(argv):
     word = _command_word(argv)
     if word is not None and word not in BY_NAME:
         _run_external(argv, word)
     parser = build_parser(_subparsers_needed(argv, word))
     if "_ARGCOMPLETE" in os.environ:
+        _check_completion_environment(os.environ)
         import argcomplete
 
         argcomplete.autocomplete(parser)

@@ -18,7 +18,7 @@ import os
 import re
 import stat
 
-from .errors import UsageError
+from .errors import DogestryError, UsageError
 
 _SECTION_RE = re.compile(r'^\[\s*([A-Za-z0-9_.-]+)(?:\s+"((?:[^"\\]|\\.)*)")?\s*\]$')
 _KEY_RE = re.compile(r"^([A-Za-z][A-Za-z0-9_-]*)\s*(?:=\s*(.*))?$")
@@ -132,7 +132,9 @@ class Config:
             url = remotes[name_or_url]
             if not url:
                 raise UsageError(f"remote {name_or_url!r} in {self.path} has no url")
+            _check_share_url(url)
             return url
+        _check_share_url(name_or_url)
         # Like git, a bare word names a configured remote; a new local repository is
         # written as a path (./repo, /srv/repo) so a typo in an alias is not a new directory.
         if "://" not in name_or_url and "/" not in name_or_url and not os.path.exists(name_or_url):
@@ -143,10 +145,38 @@ class Config:
 
     # Like the Docker and AWS CLIs: a flag beats the environment, which beats this file.
     def docker_host(self, flag=None, environ=os.environ):
-        return flag or environ.get("DOCKER_HOST") or self.get("docker", "connection") or None
+        return without_password(flag or environ.get("DOCKER_HOST") or self.get("docker", "connection") or None)
 
     def codec(self):
         return "lz4" if self.get_bool("compressor", "lz4", True) else "none"
 
     def temp_dir(self, environ=os.environ):
         return environ.get("DOGESTRY_TEMP_DIR") or self.get("dogestry", "temp-dir")
+
+
+def without_password(url):
+    """An engine URL without the password of a `user:password@` authority. The engine
+    client never sends one (Docker's tcp:// has no such login), but every message names the
+    engine by its URL: `tcp://user:secret@host:2375` would print the secret."""
+    if not url or "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    authority, slash, path = rest.partition("/")
+    userinfo, at, host = authority.rpartition("@")
+    if not at or ":" not in userinfo:
+        return url
+    return f"{scheme}://{userinfo.split(':', 1)[0]}@{host}{slash}{path}"
+
+
+def _check_share_url(url):
+    """A share URL (http or https) names a host and never carries `user:password@` (it is
+    pre-signed): without a host it was tried five times; with a password, the HTTP client
+    took `password@host` for a port and quoted it."""
+    scheme, sep, rest = url.partition("://")
+    authority = rest.partition("/")[0].partition("?")[0].partition("#")[0]
+    if sep and scheme.lower() in ("http", "https") and not authority:
+        raise UsageError(f"share URL {url[:80]!r} names no host; use the URL 'dogestry share' printed")
+    if sep and scheme.lower() in ("http", "https") and "@" in authority:
+        # Exit 1, as when such a URL was fetched and refused (test_adversary): not a usage error.
+        raise DogestryError(f"share URL {scheme}://<user>@{authority.rpartition('@')[2][:80]}/... carries a user "
+                            "or password; a share URL (from 'dogestry share') needs none")

@@ -13,7 +13,8 @@ UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 def parse_duration(text, option="duration"):
     """Seconds (an int, 0 allowed) for text such as 90, 30s, 15m, 24h, 7d."""
-    m = re.fullmatch(r"(\d{1,9})([smhd]?)", text.strip())
+    # [0-9], not \d: int() reads '３' and '٣' as 3, and a grace of 3 s is not what was typed.
+    m = re.fullmatch(r"([0-9]{1,9})([smhd]?)", text.strip())
     if not m:
-        raise UsageError(f"invalid {option} {text!r}; use N followed by s, m, h or d (e.g. 12h, 7d)")
+        raise UsageError(f"invalid {option} {text[:80]!r}; use N followed by s, m, h or d (e.g. 12h, 7d)")
     return int(m.group(1)) * UNITS[m.group(2) or "s"]

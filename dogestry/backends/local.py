@@ -35,6 +35,7 @@ from ..errors import CorruptObject, DogestryError, NotFound, StorageError, Usage
 from . import Backend, ObjectInfo, check_key, unheld
 
 _CHUNK = 1 << 20
+_OBJECT_DIRS = ("layers", "configs", "images")  # what gc deletes, as opposed to what keeps objects alive
 SPOOL_DIR = ".spool"
 _MAX_LINKS = 40  # as the kernel's MAXSYMLINKS: a longer chain is a loop
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
@@ -48,11 +49,29 @@ def _path_of(url):
     if url.startswith("file://"):
         parts = urlsplit(url)
         if parts.netloc not in ("", "localhost"):
-            raise UsageError(f"file URL {url!r} names host {parts.netloc!r}; use file:///absolute/path")
+            # Without its user:password@, which is not for output (and means nothing here).
+            host = parts.netloc.rpartition("@")[2]
+            raise UsageError(f"file URL {_shown('file://' + host + parts.path)!r} names host {_shown(host)!r}; "
+                             "use file:///absolute/path")
+        if parts.query or parts.fragment or url.endswith(("?", "#")):
+            # Dropped silently, `file:///srv/repo?x` would be /srv/repo: say so instead of guessing.
+            raise UsageError(f"file URL {_shown(url.partition('?')[0].partition('#')[0])!r} has a query or "
+                             "fragment; use file:///absolute/path (write ? and # in a path as %3F and %23)")
         if not parts.path:  # file:// alone would be the current directory: never guess a place to write
             raise UsageError(f"file URL {url!r} names no path; use file:///absolute/path")
         return unquote(parts.path)
     return url
+
+
+def _shown(path, limit=300):
+    """A path fit for a one-line message: control characters (a newline typed into the
+    repository path) escaped, bytes that are not UTF-8 as \\xff, and a very long one cut
+    in the middle."""
+    text = path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace").translate(_CONTROL)
+    return text if len(text) <= limit else f"{text[:limit // 2]}...{text[-limit // 2:]}"
+
+
+_CONTROL = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7f]} | {0x0a: "\\n", 0x0d: "\\r", 0x09: "\\t"}
 
 
 def _kind(mode):
@@ -74,6 +93,7 @@ class LocalBackend(Backend):
     def __init__(self, url, temp_dir=None):
         super().__init__(url, temp_dir)
         self.root = os.path.abspath(_path_of(url))
+        self.shown = _shown(self.root)  # the root in messages
         self._cleaned = False
         # Temporaries this backend created and still holds locked, by path, so put_file
         # can release the lock of a spool it consumes. Weak: a spool object dropped
@@ -86,7 +106,7 @@ class LocalBackend(Backend):
         return "a file, not a directory" if os.path.lexists(self.root) else "no such directory"
 
     def location(self):
-        return self.root
+        return self.shown
 
     # -- walking below the root -------------------------------------------------------
     def _inside(self, target):
@@ -131,7 +151,7 @@ class LocalBackend(Backend):
                     name = "."  # a link to "dir/": the entry is the directory itself
                 if name == "..":
                     if not names:
-                        raise _LinkOut(f"{what} in {self.root} leads out of the repository through a relative "
+                        raise _LinkOut(f"{what} in {self.shown} leads out of the repository through a relative "
                                        "symbolic link; refusing to follow it")
                     os.close(fds.pop())
                     names.pop()
@@ -178,7 +198,7 @@ class LocalBackend(Backend):
         links += 1
         target = os.readlink(name, dir_fd=fds[-1])
         link = "/".join(names + [name])
-        subject = f"{what} in {self.root}" + ("" if link == what else f": {link}")
+        subject = f"{what} in {self.shown}" + ("" if link == what else f": {link}")
         if links > _MAX_LINKS:
             raise _LinkOut(f"{subject}: too many levels of symbolic links")
         if target.startswith("/"):
@@ -202,21 +222,21 @@ class LocalBackend(Backend):
         if isinstance(err, DogestryError):
             return err
         if err.errno in (errno.EACCES, errno.EPERM):
-            return StorageError(f"permission denied reading {key} in {self.root}")
-        return StorageError(f"cannot read {key} in {self.root}: {err.strerror or err}")
+            return StorageError(f"permission denied reading {key} in {self.shown}")
+        return StorageError(f"cannot read {key} in {self.shown}: {err.strerror or err}")
 
     def _write_error(self, err, key, spooling=False):
         if isinstance(err, DogestryError):
             return err
-        where = f"its spool directory {os.path.join(self.root, SPOOL_DIR)}" if spooling else self.root
+        where = f"its spool directory {os.path.join(self.shown, SPOOL_DIR)}" if spooling else self.shown
         if err.errno == errno.ENOSPC:
-            return StorageError(f"no space left on the device holding {self.root} while writing {key}"
+            return StorageError(f"no space left on the device holding {self.shown} while writing {key}"
                                 + (f" into {where}" if spooling else ""))
         if err.errno == errno.EDQUOT:
-            return StorageError(f"disk quota exceeded on the device holding {self.root} while writing {key}"
+            return StorageError(f"disk quota exceeded on the device holding {self.shown} while writing {key}"
                                 + (f" into {where}" if spooling else ""))
         if err.errno == errno.EROFS:
-            return StorageError(f"{self.root} is on a read-only filesystem; cannot write {key}")
+            return StorageError(f"{self.shown} is on a read-only filesystem; cannot write {key}")
         if err.errno in (errno.EACCES, errno.EPERM):
             return StorageError(f"permission denied writing {key} in {where}")
         return StorageError(f"cannot write {key} in {where}: {err.strerror or err}")
@@ -227,18 +247,18 @@ class LocalBackend(Backend):
         try:
             dir_fd, name = self._walk(self._key_parts(key))
         except (FileNotFoundError, NotADirectoryError):
-            raise NotFound(f"{key} not found in {self.root}") from None
+            raise NotFound(f"{key} not found in {self.shown}") from None
         try:
             st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
         except FileNotFoundError:
             os.close(dir_fd)
-            raise NotFound(f"{key} not found in {self.root}") from None
+            raise NotFound(f"{key} not found in {self.shown}") from None
         except BaseException:
             os.close(dir_fd)
             raise
         if not stat.S_ISREG(st.st_mode):
             os.close(dir_fd)
-            raise CorruptObject(f"{key} in {self.root} is not a regular file ({_kind(st.st_mode)})")
+            raise CorruptObject(f"{key} in {self.shown} is not a regular file ({_kind(st.st_mode)})")
         return dir_fd, name, st
 
     def _open_regular(self, key):
@@ -252,23 +272,23 @@ class LocalBackend(Backend):
                     if err.errno == errno.ELOOP:
                         continue  # replaced by a link since the lstat: walk again
                     if err.errno == errno.ENOENT:
-                        raise NotFound(f"{key} not found in {self.root}") from None
+                        raise NotFound(f"{key} not found in {self.shown}") from None
                     raise
                 finally:
                     os.close(dir_fd)
                 st = os.fstat(fd)
                 if not stat.S_ISREG(st.st_mode):  # replaced since the lstat
                     os.close(fd)
-                    raise CorruptObject(f"{key} in {self.root} is not a regular file ({_kind(st.st_mode)})")
+                    raise CorruptObject(f"{key} in {self.shown} is not a regular file ({_kind(st.st_mode)})")
                 return fd, st
-            raise StorageError(f"{key} in {self.root} keeps changing while it is opened")
+            raise StorageError(f"{key} in {self.shown} keeps changing while it is opened")
         except OSError as err:
             raise self._read_error(err, key) from None
 
     def get(self, key, limit=None):
         """The object's bytes; with limit, CorruptObject for an object larger than limit bytes."""
         fd, st = self._open_regular(key)
-        too_large = CorruptObject(f"{key} in {self.root} is larger than {limit} bytes; it is not an object "
+        too_large = CorruptObject(f"{key} in {self.shown} is larger than {limit} bytes; it is not an object "
                                   "dogestry wrote (a damaged or foreign file)")
         with os.fdopen(fd, "rb", buffering=0) as f:
             try:
@@ -327,7 +347,7 @@ class LocalBackend(Backend):
                     if err.errno not in (errno.ELOOP, errno.ENOTDIR):
                         raise
                     st = os.stat(SPOOL_DIR, dir_fd=root_fd, follow_symlinks=False)
-                    raise StorageError(f"{os.path.join(self.root, SPOOL_DIR)} is {_kind(st.st_mode)}, not the "
+                    raise StorageError(f"{os.path.join(self.shown, SPOOL_DIR)} is {_kind(st.st_mode)}, not the "
                                        "directory dogestry keeps its temporaries in; remove it") from None
             return os.open(SPOOL_DIR, _DIR_FLAGS, dir_fd=root_fd)
         finally:
@@ -360,6 +380,10 @@ class LocalBackend(Backend):
         """Remove stale temporaries of killed writers, once per backend, from .spool only."""
         if self._cleaned:
             return
+        if os.path.realpath(self.root) == "/" and not os.path.lexists(os.path.join(self.root, "dogestry.json")):
+            # `push "$DIR/" ...` with DIR unset: never scatter a repository over /.
+            raise UsageError(f"refusing to make a repository at {self.shown}, the filesystem root; "
+                             "name a directory (e.g. /srv/images)")
         self._cleaned = True
         try:
             self.clean_leftovers(everywhere=False)
@@ -375,7 +399,7 @@ class LocalBackend(Backend):
         except (FileNotFoundError, NotADirectoryError):
             return  # no repository, so no temporaries
         except OSError as err:
-            raise StorageError(f"cannot look for temporaries in {self.root}: {err.strerror or err}") from None
+            raise StorageError(f"cannot look for temporaries in {self.shown}: {err.strerror or err}") from None
         try:
             try:
                 spool_fd = os.open(SPOOL_DIR, _DIR_FLAGS, dir_fd=root_fd)
@@ -591,8 +615,21 @@ class LocalBackend(Backend):
                     os.close(parent_fd)
             else:
                 base = self._open_root(create=False)
-        except (FileNotFoundError, NotADirectoryError, _LinkOut):
+        except FileNotFoundError:
             return  # nothing under prefix
+        except _LinkOut as err:
+            # Objects behind a link out are not listed (nothing there is ever deleted or read).
+            # Refs, leases and share indexes are what keep objects alive: listed as empty, a
+            # `repositories` linked elsewhere made gc delete every object. Refuse instead.
+            if rel.split("/")[0] in _OBJECT_DIRS:
+                return
+            raise StorageError(f"cannot list {prefix}: {err}") from None
+        except NotADirectoryError:
+            if not rel:
+                return  # the root itself: missing() says what it is
+            # A file (or FIFO, device...) where the directory should be is damage, not an empty
+            # directory: listed as empty, `repositories` made gc take every image for unreachable.
+            raise StorageError(f"cannot list {prefix} in {self.shown}: {self._not_a_directory(rel)}") from None
         except OSError as err:  # unreadable is not empty: "not found" would mislead
             raise self._read_error(err, prefix or "the repository") from None
         try:
@@ -615,6 +652,19 @@ class LocalBackend(Backend):
         finally:
             os.close(base)
 
+    def _not_a_directory(self, rel):
+        """Which component of rel is not a directory, for a message (by path: only said, never followed)."""
+        path = self.root
+        for part in rel.split("/"):
+            path = os.path.join(path, part)
+            try:
+                mode = os.lstat(path).st_mode
+            except OSError:
+                break
+            if not stat.S_ISDIR(mode):
+                return f"{os.path.relpath(path, self.root)} is {_kind(mode)}, not a directory"
+        return "a component of it is not a directory"
+
     def delete(self, key):
         try:
             dir_fd, name = self._parent(key, create=False)
@@ -627,7 +677,7 @@ class LocalBackend(Backend):
         except FileNotFoundError:
             pass
         except OSError as err:
-            raise StorageError(f"cannot delete {key} in {self.root}: {err.strerror or err}") from None
+            raise StorageError(f"cannot delete {key} in {self.shown}: {err.strerror or err}") from None
         finally:
             os.close(dir_fd)
 

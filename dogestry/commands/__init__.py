@@ -102,8 +102,12 @@ class _DockerHost(argparse.Action):
 
 
 def docker_hosts(args):
-    """Every --docker-host of a parsed command line, before and after the command, in order."""
-    return [*(getattr(args, "docker_hosts", None) or []), *(getattr(args, "docker_hosts_after", None) or [])]
+    """Every --docker-host of a parsed command line, before and after the command, in order
+    (each without the password of a `user:password@`, which messages would print)."""
+    from ..config import without_password
+
+    return [without_password(host) for host in (*(getattr(args, "docker_hosts", None) or []),
+                                                 *(getattr(args, "docker_hosts_after", None) or []))]
 
 
 def _global_options(parser, after_command=False):

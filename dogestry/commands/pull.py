@@ -11,6 +11,7 @@ stdout.
 
 import json
 
+from ..config import without_password
 from ..errors import UsageError
 from ..records import write_ref_record
 from ..transfer import pull
@@ -37,7 +38,7 @@ def _hosts(ctx, args):
         hosts = [h.strip() for h in text.split(",")]
         if not all(hosts):
             raise UsageError(f"--pullhosts {text!r}: an empty engine URL")
-        named += hosts
+        named += [without_password(host) for host in hosts]  # messages name each engine by its URL
     return list(dict.fromkeys(named)) or [ctx.docker_host]
 
 

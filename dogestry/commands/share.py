@@ -16,7 +16,7 @@ def add_arguments(p):
 
 
 def _expires(text):
-    seconds = parse_duration(text, "duration")
+    seconds = parse_duration(text, "--expires")
     if seconds <= 0:
         raise UsageError("--expires must be positive")
     if seconds > MAX_EXPIRES:
