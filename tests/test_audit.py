@@ -1,0 +1,169 @@
+"""An audit of the parsers, by reading the code: each spot where bytes from outside could
+reach a call that raises something other than DogestryError (an `internal error`), or grow
+without bound, proved (or disproved) here through bin/dogestry against real files, a real
+engine or a real peer. RELIABILITY.md, "An audit of the parsers", lists them.
+"""
+
+import hashlib
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import tarfile
+import time
+
+import pytest
+
+from conftest import BIN, dogestry
+from dogestry.backends.local import LocalBackend
+from dogestry.image import Image
+from dogestry.operations import _boot_id
+from dogestry.repo import Repository
+
+DEEP = b"[" * 50000  # under the 64 KiB cap on leases and descriptors; json.loads raises RecursionError, which is neither ValueError nor DogestryError
+
+
+def _one_line_error(proc, status=1):
+    err = proc.stderr.decode("utf-8", "replace")
+    assert proc.returncode == status, (proc.returncode, err)
+    assert "internal error" not in err and "Traceback" not in err, err
+    assert err.startswith("dogestry: ") and err.count("\n") == 1, err
+    assert len(err) < 1000, f"a {len(err)}-character error"
+    return err
+
+
+def _digest(data):
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def _layer(files):
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime = len(data), 1700000000
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def _config(diff_ids, **extra):
+    return json.dumps({"architecture": "amd64", "os": "linux", "config": {"Cmd": ["/bin/sh"]},
+                       "rootfs": {"type": "layers", "diff_ids": diff_ids}, **extra}).encode()
+
+
+def _repo(path, config=None, layers=None, ref="app:1"):
+    """A local repository holding one image (written through the library, as a push would)."""
+    layers = [_layer({"x": b"x" * 100})] if layers is None else layers
+    repo = Repository(LocalBackend(str(path)))
+    descs = [repo.store_layer(iter([data]))[0] for data in layers]
+    config = _config([d.diff_id for d in descs]) if config is None else config
+    image = Image.from_config(config, descs)
+    repo.put_config(config)
+    repo.put_image(image)
+    if ref:
+        from dogestry.refs import parse_ref
+        repo.set_ref(parse_ref(ref), image.id)
+    return image
+
+
+# -- leases and share indexes that gc and tag read ---------------------------------------------
+
+@pytest.mark.parametrize("lease", [
+    DEEP,                                                          # RecursionError
+    b'{"images": ["not-an-image-id"]}',                            # hex_of's ValueError
+    b'{"images": ["sha256:' + b"A" * 64 + b'"]}',                  # upper-case hex: not a digest either
+], ids=["deep", "not-an-id", "upper-case-id"])
+def test_gc_reads_a_hostile_writer_lease_without_an_internal_error(tmp_path, lease):
+    """A live writer's lease that is not a lease record is a lease with no announced images:
+    gc keeps what the age rules keep and removes the rest, no `internal error`."""
+    path = tmp_path / "repo"
+    _repo(path)
+    (path / "leases").mkdir(exist_ok=True)
+    (path / "leases" / "push-hostile.json").write_bytes(lease)
+    proc = dogestry("gc", "--grace", "0s", str(path), check=False)
+    assert proc.returncode == 0, proc.stderr.decode()
+    dogestry("verify", str(path))
+
+
+def test_gc_reads_a_lease_naming_this_host_with_a_pid_beyond_any_pid(tmp_path):
+    """os.kill(2**64, 0) raises OverflowError, not OSError: such a pid is no process here."""
+    path = tmp_path / "repo"
+    _repo(path)
+    (path / "leases").mkdir(exist_ok=True)
+    record = {"host": socket.gethostname(), "boot": _boot_id(), "pid": 2 ** 64, "what": "gc"}
+    (path / "leases" / "gc-hostile.json").write_text(json.dumps(record))
+    proc = subprocess.Popen([sys.executable, BIN, "-v", "tag", str(path), "app:1", "app:2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _waits_for_the_gc_then_finishes(proc, path / "leases" / "gc-hostile.json")
+
+
+def _waits_for_the_gc_then_finishes(proc, lease):
+    """A gc lease it cannot read is a gc that may be running: the writer waits for it (and
+    says so) until it goes, then finishes."""
+    deadline = time.monotonic() + 30
+    said = b""
+    try:
+        while b"waiting for the gc holding" not in said:
+            assert proc.poll() is None, proc.stderr.read().decode() + said.decode()
+            assert time.monotonic() < deadline, said
+            said += os.read(proc.stderr.fileno(), 4096)
+        lease.unlink()
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, (said + err).decode()
+    assert b"internal error" not in said + err
+
+
+@pytest.mark.parametrize("lease", [DEEP, b"\xff\xfe not json", b'"\\ud800"', b"NaN"],
+                         ids=["deep", "not-utf8", "surrogate", "nan"])
+def test_tag_waits_for_a_gc_lease_it_cannot_read(tmp_path, lease):
+    path = tmp_path / "repo"
+    _repo(path)
+    (path / "leases").mkdir(exist_ok=True)
+    (path / "leases" / "gc-hostile.json").write_bytes(lease)
+    proc = subprocess.Popen([sys.executable, BIN, "-v", "tag", str(path), "app:1", "app:2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _waits_for_the_gc_then_finishes(proc, path / "leases" / "gc-hostile.json")
+    assert dogestry("resolve-ref", str(path), "app:2").stdout.split()[0] == \
+        dogestry("resolve-ref", str(path), "app:1").stdout.split()[0]
+
+
+@pytest.mark.parametrize("index", [
+    DEEP,
+    b'{"expires": "2999-01-01T00:00:00Z", "objects": 5}',
+    b'{"expires": "2999-01-01T00:00:00Z", "objects": null}',
+    b'{"expires": "2999-01-01T00:00:00Z", "objects": true}',
+    b'{"expires": "\\ud800", "objects": []}',
+    b'{"expires": 5, "objects": []}',
+], ids=["deep", "objects-int", "objects-null", "objects-true", "expires-surrogate", "expires-int"])
+def test_gc_refuses_a_damaged_share_index_in_one_line(tmp_path, index):
+    path = tmp_path / "repo"
+    _repo(path)
+    (path / "shares").mkdir(exist_ok=True)
+    (path / "shares" / ("ab" * 32 + ".json")).write_bytes(index)
+    err = _one_line_error(dogestry("gc", "--grace", "0s", str(path), check=False))
+    assert "shares/" + "ab" * 32 + ".json" in err and "damaged" in err
+
+
+# -- verify's config check --------------------------------------------------------------------
+
+@pytest.mark.parametrize("config", [
+    DEEP,
+    b'{"rootfs": {"diff_ids": ' + b"[" * 100000 + b"}}",
+    b"\xff\xfe",                                 # not UTF-8: json.loads raises a ValueError (kept)
+    b'{"rootfs": "\\ud800"}',
+], ids=["deep", "deep-diff-ids", "not-utf8", "rootfs-surrogate"])
+def test_verify_reports_a_config_that_is_not_json_as_a_problem(tmp_path, config):
+    """The config is whatever bytes hash to the image id: a crafted record + config pair
+    is a verify problem naming the image, not an internal error."""
+    path = tmp_path / "repo"
+    image = _repo(path, config=config)
+    proc = dogestry("verify", str(path), check=False)
+    out = proc.stdout.decode() + proc.stderr.decode()
+    assert proc.returncode == 1, out
+    assert "internal error" not in out and image.id in out and "rootfs.diff_ids" in out, out
