@@ -5,13 +5,16 @@ engine or a real peer. RELIABILITY.md, "An audit of the parsers", lists them.
 """
 
 import hashlib
+import http.server
 import io
 import json
 import os
 import socket
+import socketserver
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 
 import pytest
@@ -167,3 +170,86 @@ def test_verify_reports_a_config_that_is_not_json_as_a_problem(tmp_path, config)
     out = proc.stdout.decode() + proc.stderr.decode()
     assert proc.returncode == 1, out
     assert "internal error" not in out and image.id in out and "rootfs.diff_ids" in out, out
+
+
+# -- a share URL: the index and the answers come from a server we do not control -------------
+
+class _Peer(http.server.BaseHTTPRequestHandler):
+    """Answers GET by path from `routes`: (status, headers, body)."""
+
+    routes = {}
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        status, headers, body = self.routes.get(self.path.split("?")[0], (404, {}, b""))
+        self.send_response(status)
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+class _Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    daemon_threads = True
+    block_on_close = False
+
+
+@pytest.fixture(scope="module")
+def peer():
+    server = _Server(("127.0.0.1", 0), _Peer)  # a free port of our own
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+MARKER = b'{"format": "dogestry-repository", "version": 2}\n'
+
+
+def _share(peer, name, refs=None, objects=None, routes=None):
+    """Serve a share index at /name whose marker is served too; return the share URL."""
+    index = {"format": "dogestry-share", "version": 1, "expires": "2099-01-01T00:00:00Z",
+             "refs": refs or {}, "objects": {"dogestry.json": f"{peer}/{name}/marker", **(objects or {})}}
+    _Peer.routes[f"/{name}"] = (200, {}, json.dumps(index).encode())
+    _Peer.routes[f"/{name}/marker"] = (200, {}, MARKER)
+    for path, route in (routes or {}).items():
+        _Peer.routes[f"/{name}/{path}"] = route
+    return f"{peer}/{name}?X-Amz-Signature=auditsig"
+
+
+def _bounded(*args, limit=60):
+    env = dict(os.environ, DOGESTRY_STALL_TIMEOUT="4")
+    try:
+        return subprocess.run([sys.executable, BIN, *args], capture_output=True, env=env, timeout=limit)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"dogestry {' '.join(args)[:200]} still ran after {limit} s") from None
+
+
+def test_a_share_index_object_url_urlsplit_refuses(peer):
+    url = _share(peer, "bad-ipv6", objects={"dogestry.json": "http://[::1/marker"})
+    err = _one_line_error(_bounded("show-ref", url))
+    assert "dogestry.json" in err and "auditsig" not in err
+
+
+def test_a_shared_ref_that_is_a_lone_surrogate(peer):
+    """json.loads gives "\\ud800" as a str that .encode() refuses."""
+    url = _share(peer, "surrogate-ref", refs={"repositories/app/_tags/1": "\ud800"})
+    err = _one_line_error(_bounded("show-ref", url))
+    assert "app:1" in err and "auditsig" not in err
+
+
+@pytest.mark.parametrize("content_range", ["bytes 0-0/\u00b2", "bytes 0-0/" + "9" * 5000],
+                         ids=["superscript-two", "5000-digits"])
+def test_a_shared_object_size_that_int_refuses(peer, content_range):
+    """size() of a shared object is the total of a one-byte range: Content-Range is the
+    server's text, sent and read as latin-1 ('²'.isdigit() is True; int() refuses '²' and
+    more than 4300 digits)."""
+    name = f"range-{len(content_range)}"
+    layer = "layers/sha256/" + "ab" * 32
+    url = _share(peer, name, objects={layer: f"{peer}/{name}/layer"},
+                 routes={"layer": (206, {"Content-Range": content_range}, b"x")})
+    err = _one_line_error(_bounded("verify", "--all", url))
+    assert layer in err and "auditsig" not in err

@@ -26,6 +26,19 @@ TIMEOUT = 60
 MAX_INDEX = 64 << 20
 
 
+def _number(text):
+    """A size from a header, or None: ASCII digits, and few ('²'.isdigit() is True, and
+    int() refuses more than 4300 digits)."""
+    return int(text) if text and text.isascii() and text.isdigit() and len(text) <= 20 else None
+
+
+def _ref_bytes(value):
+    """A shared ref's bytes as a ref file would hold them. A value that is not a string, or
+    one that does not encode (a lone surrogate), becomes bytes get_ref calls damaged."""
+    text = value if isinstance(value, str) else ""
+    return f"{text}\n".encode("utf-8", "replace")
+
+
 def _shown(value):
     """A value from the index, short enough for a one-line error whatever its size."""
     text = json.dumps(value)
@@ -73,7 +86,11 @@ def _get(url, what, stall, headers=None):
     """An open HTTP response; 5xx and connection failures are retried (retry.retrying)
     until `stall` seconds pass without success. Only http(s) URLs are fetched: an index
     is input, and must not make us read a local file (file://) or talk ftp."""
-    if not isinstance(url, str) or urlsplit(url).scheme.lower() not in ("http", "https"):
+    try:
+        scheme = urlsplit(url).scheme.lower() if isinstance(url, str) else None
+    except ValueError:  # "http://[::1": urlsplit refuses it
+        scheme = None
+    if scheme not in ("http", "https"):
         raise StorageError(f"{what}: the share index gives it no http(s) URL ({mask_url(str(url))[:80]!r})")
     try:
         check_default_ca_file()  # an https answer, or a redirect to one, makes OpenSSL read it
@@ -229,7 +246,7 @@ class PresignedIndexBackend(Backend):
     def get(self, key, limit=None):
         refs = self.index.get("refs", {})
         if key in refs:
-            return f"{refs[key]}\n".encode()
+            return _ref_bytes(refs[key])
         return _fetch(self._url(key), f"cannot read {key}", self.stall, key, self.location(), limit)
 
     def open(self, key):
@@ -238,19 +255,19 @@ class PresignedIndexBackend(Backend):
     def size(self, key):
         refs = self.index.get("refs", {})
         if key in refs:
-            return len(f"{refs[key]}\n")
+            return len(_ref_bytes(refs[key]))
         # A pre-signed GET cannot be turned into a HEAD: ask for one byte and read the total.
         try:
             response = _get(self._url(key), f"cannot read {key}", self.stall, headers={"Range": "bytes=0-0"})
         except _RangeNotSatisfiable:
             return 0  # not even one byte: the object is empty
         with response:
-            total = (response.headers.get("Content-Range") or "").rpartition("/")[2]
-            if total.isdigit():
-                return int(total)
-            length = response.headers.get("Content-Length")
-            if length and length.isdigit() and response.status == 200:
-                return int(length)
+            total = _number((response.headers.get("Content-Range") or "").rpartition("/")[2])
+            if total is not None:
+                return total
+            length = _number(response.headers.get("Content-Length"))
+            if length is not None and response.status == 200:
+                return length
         raise StorageError(f"cannot tell the size of {key} from the shared URL")
 
     def exists(self, key):
