@@ -253,3 +253,69 @@ def test_a_shared_object_size_that_int_refuses(peer, content_range):
                  routes={"layer": (206, {"Content-Range": content_range}, b"x")})
     err = _one_line_error(_bounded("verify", "--all", url))
     assert layer in err and "auditsig" not in err
+
+
+# -- a Docker engine's answers: an engine is input too -----------------------------------------
+
+class _Engine(http.server.BaseHTTPRequestHandler):
+    """A Docker Engine API that answers from `routes` ({path: JSON value}); anything else is a
+    404 with Docker's error body. `api` is the Api-Version header of every answer."""
+
+    routes, api = {}, "1.41"
+
+    def log_message(self, *args):
+        pass
+
+    def _answer(self):
+        path = self.path.split("?")[0]
+        found = path in self.routes
+        body = json.dumps(self.routes[path] if found else {"message": f"No such image: {path}"}).encode()
+        self.send_response(200 if found else 404)
+        self.send_header("Api-Version", self.api)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = do_DELETE = do_HEAD = _answer
+
+
+@pytest.fixture
+def hostile_engine(tmp_path):
+    _Engine.routes, _Engine.api = {}, "1.41"
+    server = _Server(("127.0.0.1", 0), _Engine)  # a free port of our own
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    env = dict(os.environ, DOCKER_HOST=f"tcp://127.0.0.1:{server.server_address[1]}",
+               XDG_CACHE_HOME=str(tmp_path / "cache"), DOGESTRY_STALL_TIMEOUT="4")
+    yield env
+    server.shutdown()
+    server.server_close()
+
+
+def _inspect(image_id, **fields):
+    return {"Id": image_id, "RootFS": {"Type": "layers", "Layers": []}, "RepoTags": [], "Os": "linux",
+            "Architecture": "amd64", "Size": 0, **fields}
+
+
+@pytest.mark.parametrize("case", ["api-version-superscript", "driver-status-int", "driver-status-pairs-of-ints",
+                                  "listed-id-int", "repo-tags-int", "listed-repo-tags-int"])
+def test_pull_into_an_engine_whose_answers_have_the_wrong_types(tmp_path, hostile_engine, case):
+    path = tmp_path / "repo"
+    image = _repo(path)
+    other = "sha256:" + "cd" * 32
+    if case == "api-version-superscript":
+        _Engine.api = "\u00b2.41"  # latin-1 on the wire; '²'.isdigit() is True, int('²') raises
+    elif case.startswith("driver-status"):
+        _Engine.api = "1.45"  # new enough for the containerd store: /info is asked
+        _Engine.routes["/info"] = {"DriverStatus": 5 if case == "driver-status-int" else [[1, 2]]}
+    elif case == "listed-id-int":
+        _Engine.routes["/images/json"] = [{"Id": 5}]
+    elif case == "repo-tags-int":
+        _Engine.routes[f"/images/{image.id}/json"] = _inspect(image.id, RepoTags=5)
+    elif case == "listed-repo-tags-int":
+        _Engine.routes["/images/json"] = [{"Id": other, "RepoTags": 5}]
+        _Engine.routes[f"/images/{other}/json"] = _inspect(other, RepoTags=5)
+    proc = subprocess.run([sys.executable, BIN, "pull", str(path), "app:1"], capture_output=True,
+                          env=hostile_engine, timeout=60)
+    err = _one_line_error(proc)
+    assert "Docker engine at tcp://127.0.0.1" in err or "docker load into tcp://127.0.0.1" in err, err
