@@ -16,6 +16,7 @@ import sys
 import tarfile
 import threading
 import time
+import uuid
 
 import pytest
 
@@ -319,3 +320,77 @@ def test_pull_into_an_engine_whose_answers_have_the_wrong_types(tmp_path, hostil
                           env=hostile_engine, timeout=60)
     err = _one_line_error(proc)
     assert "Docker engine at tcp://127.0.0.1" in err or "docker load into tcp://127.0.0.1" in err, err
+
+
+# -- unusual images, pushed from one engine generation and pulled into another -----------------
+
+def _dir_layer(salt):
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo("bin")
+        info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, 1700000000
+        tar.addfile(info)
+        data = b"a" * 5000 + salt
+        info = tarfile.TarInfo("bin/a")
+        info.size, info.mtime = len(data), 1700000000
+        tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def _pax_global_layer(salt):
+    """A layer that opens with a PAX global header (type 'g'), as `git archive` writes."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT,
+                      pax_headers={"comment": "global " + salt.decode()}) as tar:
+        info = tarfile.TarInfo("g")
+        info.size, info.mtime = len(salt), 1700000000
+        tar.addfile(info, io.BytesIO(salt))
+    return buf.getvalue()
+
+
+def _unusual(salt):
+    base = _dir_layer(salt)
+    return {
+        # its diffID covers the bytes after the two end-of-archive blocks too
+        "trailing-data": ([base, _layer({"t": salt}) + b"trailing bytes after the end of the archive" * 10], []),
+        "pax-global-header": ([base, _pax_global_layer(salt)], []),
+        "zero-byte-and-empty-tar-layers": ([base, b"", b"\0" * 1024], []),
+        "2MiB-config": ([base], ["BIG=" + "y" * (2 << 20)]),
+        "same-diffid-twice": ([base, _layer({"y": salt}), base], []),
+    }
+
+
+def _load_tar(layers, tag, env):
+    """A docker-load tar (the v1 layout every engine generation loads) of the layer tars."""
+    config = json.dumps({"architecture": "amd64", "os": "linux", "config": {"Env": env, "Cmd": ["/bin/sh"]},
+                         "rootfs": {"type": "layers", "diff_ids": [_digest(x) for x in layers]}}).encode()
+    names = [f"{_digest(x)[7:]}/layer.tar" for x in layers]
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        entries = {**dict(zip(names, layers)), f"{_digest(config)[7:]}.json": config,
+                   "manifest.json": json.dumps([{"Config": f"{_digest(config)[7:]}.json", "RepoTags": [tag],
+                                                 "Layers": names}]).encode()}
+        for name, data in entries.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("direction", ["d20-to-d26c", "d26c-to-d20"])
+def test_unusual_images_cross_engine_generations(engine_named, tmp_path, direction):
+    source, target = (engine_named(name) for name in direction.split("-to-"))
+    salt = uuid.uuid4().hex.encode()
+    for case, (layers, env) in _unusual(salt).items():
+        tag = f"audit-{case.lower()}:{salt[:8].decode()}"
+        source.api.load_image(_load_tar(layers, tag, env))
+        source.created.append(tag)
+        assert source.layers(tag) == [_digest(x) for x in layers], case
+        repo = str(tmp_path / case)
+        dogestry("push", repo, tag, env=source.env())
+        dogestry("pull", repo, tag, env=target.env())
+        target.created.append(tag)
+        assert target.layers(tag) == [_digest(x) for x in layers], case
+        if env:
+            assert env[0] in target.api.inspect_image(tag)["Config"]["Env"], case
+        dogestry("verify", repo)
