@@ -26,7 +26,7 @@ from urllib.parse import quote, urlencode, urlsplit
 
 from .digests import chain_ids, is_digest
 from .errors import EngineError, NotFound
-from .image import EngineImage
+from .image import EngineImage, too_many_values
 from .tlsfiles import check_default_ca_file, check_tls_file
 
 DEFAULT_HOST = "unix:///var/run/docker.sock"
@@ -316,6 +316,9 @@ class Engine:
             if size > MAX_JSON:
                 raise EngineError(f"Docker engine at {self.host}: its answer to {method} {path} is larger "
                                   f"than {MAX_JSON >> 20} MiB")
+            if too_many_values(data):
+                raise EngineError(f"Docker engine at {self.host}: its answer to {method} {path} has implausibly "
+                                  "many JSON values")
             try:
                 return json.loads(data) if data.strip() else None
             except (ValueError, RecursionError):

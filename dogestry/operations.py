@@ -43,6 +43,7 @@ from contextlib import contextmanager
 
 from .digests import is_digest
 from .errors import CorruptObject, DogestryError, NotFound, UsageError
+from .image import too_many_values
 from .refs import docker_hub_twin, parse_ref
 from .repo import image_key, image_keys, layer_descriptor_key, layer_key, lease_key, object_of_key, ref_body
 
@@ -506,7 +507,10 @@ def _share_roots(repo, now):
     keys = set()
     for info in repo.share_infos():
         try:
-            index = json.loads(repo.get_small(info.key, MAX_SHARE_INDEX))
+            data = repo.get_small(info.key, MAX_SHARE_INDEX)
+            if too_many_values(data):
+                raise ValueError
+            index = json.loads(data)
             until = datetime.strptime(index["expires"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
             objects = index["objects"]
             if not isinstance(objects, dict):  # sharing.py writes {key: url}
@@ -738,6 +742,8 @@ class Verifier:
         data = self.check_config(image_id, image.config_size)
         if data is not None:
             try:
+                if too_many_values(data):
+                    raise ValueError  # more than any config dockertar lets a push store
                 diff_ids = json.loads(data)["rootfs"]["diff_ids"]
             except (ValueError, RecursionError, KeyError, TypeError):
                 diff_ids = None

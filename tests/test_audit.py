@@ -394,3 +394,57 @@ def test_unusual_images_cross_engine_generations(engine_named, tmp_path, directi
         if env:
             assert env[0] in target.api.inspect_image(tag)["Config"]["Env"], case
         dogestry("verify", repo)
+
+
+# -- JSON whose parsed form is 25 times its text -------------------------------------------------
+
+MANY = b"[" + b"[]," * (7 << 20) + b"[]]"  # 21 MiB of text, 7 million lists: ~500 MiB parsed
+RSS_LIMIT = 200 << 20
+
+
+def _peak_rss(*args, env=None, limit=120):
+    """Run bin/dogestry in a fresh wrapper; (CompletedProcess, peak RSS in bytes of dogestry).
+    The CompletedProcess's stderr is dogestry's stdout then its stderr."""
+    wrapper = ("import resource, subprocess, sys\n"
+               "p = subprocess.run(sys.argv[1:], capture_output=True)\n"
+               "sys.stdout.buffer.write(p.stdout + p.stderr)\n"
+               "sys.stderr.write(f'{p.returncode} {resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024}')\n")
+    run = subprocess.run([sys.executable, "-c", wrapper, sys.executable, BIN, *args], capture_output=True,
+                         env=env, timeout=limit)
+    status, rss = run.stderr.decode().split()
+    return subprocess.CompletedProcess(args, int(status), b"", run.stdout), int(rss)
+
+
+def test_verify_bounds_what_a_config_of_many_values_costs(tmp_path):
+    path = tmp_path / "repo"
+    image = _repo(path, config=MANY)
+    proc, rss = _peak_rss("verify", str(path))
+    assert rss < RSS_LIMIT, f"verify peaked at {rss >> 20} MiB"
+    out = proc.stderr.decode()
+    assert proc.returncode == 1 and image.id in out and "rootfs.diff_ids" in out, out
+
+
+def test_gc_bounds_what_a_share_index_of_many_values_costs(tmp_path):
+    path = tmp_path / "repo"
+    _repo(path)
+    (path / "shares").mkdir(exist_ok=True)
+    (path / "shares" / ("ab" * 32 + ".json")).write_bytes(MANY)
+    proc, rss = _peak_rss("gc", str(path))
+    assert rss < RSS_LIMIT, f"gc peaked at {rss >> 20} MiB"
+    assert "shares/" + "ab" * 32 + ".json" in _one_line_error(proc)
+
+
+def test_a_share_index_of_many_values_is_refused_before_it_is_parsed(peer):
+    _Peer.routes["/many"] = (200, {}, MANY)
+    proc, rss = _peak_rss("show-ref", f"{peer}/many?X-Amz-Signature=auditsig")
+    assert rss < RSS_LIMIT, f"show-ref peaked at {rss >> 20} MiB"
+    assert "share index" in _one_line_error(proc)
+
+
+def test_an_engine_answer_of_many_values_is_refused_before_it_is_parsed(tmp_path, hostile_engine):
+    path = tmp_path / "repo"
+    _repo(path)
+    _Engine.routes["/images/json"] = json.loads(MANY)
+    proc, rss = _peak_rss("pull", str(path), "app:1", env=hostile_engine)
+    assert rss < RSS_LIMIT, f"pull peaked at {rss >> 20} MiB"
+    assert "Docker engine at tcp://127.0.0.1" in _one_line_error(proc)

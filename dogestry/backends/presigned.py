@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 from urllib.parse import urlsplit
 
 from ..errors import NotFound, StorageError
+from ..image import too_many_values
 from ..tlsfiles import check_default_ca_file
 from . import Backend, check_key, mask_url, too_large
 from .retry import TransientError, retrying, stall_timeout
@@ -207,6 +208,8 @@ class PresignedIndexBackend(Backend):
             data = _fetch(self.url, "cannot read the share index", self.stall, "the share index",
                           self.location(), MAX_INDEX)
             try:
+                if too_many_values(data):
+                    raise ValueError  # parsed, 25 times its text: more than any index sharing.py writes
                 index = json.loads(data)
                 if not isinstance(index, dict) or index.get("format") != SHARE_FORMAT \
                         or not isinstance(index.get("objects", {}), dict) or not isinstance(index.get("refs", {}), dict):
