@@ -448,7 +448,9 @@ class Engine:
         params = {"names": list(names)}
         if platform:
             params["platform"] = json.dumps(platform, separators=(",", ":"))
-        timeout = self.stall_timeout() + size / ENGINE_RATE
+        # At most a PiB's worth: the engine's sizes are input, and socket.settimeout refuses
+        # (OverflowError) what several images claiming exabytes add up to.
+        timeout = self.stall_timeout() + min(size, 1 << 50) / ENGINE_RATE
         conn, response = self._request("GET", "/images/get", params, timeout=timeout)
         try:
             self._check(response)

@@ -165,11 +165,13 @@ class EngineImage:
             platform = {"os": found["Os"], "architecture": found["Architecture"]}
             if isinstance(found.get("Variant"), str) and found["Variant"]:
                 platform["variant"] = found["Variant"]
-        # An engine is input: names that are not strings in a list, or a size that is no
-        # size, are none (engine.inspect checks the id and layers, which everything keys on).
+        # An engine is input: names that are not strings in a list are none (engine.inspect
+        # checks the id and layers, which everything keys on).
         tags, size = found.get("RepoTags"), found.get("Size")
         tags = [t for t in tags if isinstance(t, str) and t != "<none>:<none>"] if isinstance(tags, list) else []
-        size = size if isinstance(size, int) and not isinstance(size, bool) and size >= 0 else 0
+        # A size beyond 1 PiB is no image's: the save's socket timeout grows with it, and
+        # 10**18 bytes overflowed it (socket.settimeout: OverflowError).
+        size = size if _size(size) else 0
         return cls(found["Id"], list(rootfs.get("Layers") or []), tags, size,
                    readable=bool(rootfs or found.get("Os")), platform=platform)
 

@@ -448,3 +448,14 @@ def test_an_engine_answer_of_many_values_is_refused_before_it_is_parsed(tmp_path
     proc, rss = _peak_rss("pull", str(path), "app:1", env=hostile_engine)
     assert rss < RSS_LIMIT, f"pull peaked at {rss >> 20} MiB"
     assert "Docker engine at tcp://127.0.0.1" in _one_line_error(proc)
+
+
+def test_push_from_an_engine_that_gives_an_image_a_size_of_an_exabyte(tmp_path, hostile_engine):
+    """The save's socket timeout grows with the image's size (a graphdriver engine exports
+    before it sends a byte): 10**18 bytes made it overflow socket.settimeout (OverflowError)."""
+    layer = "sha256:" + "ef" * 32
+    _Engine.routes["/images/app:1/json"] = _inspect("sha256:" + "cd" * 32, RepoTags=["app:1"], Size=10 ** 18,
+                                                     RootFS={"Type": "layers", "Layers": [layer]})
+    proc = subprocess.run([sys.executable, BIN, "push", str(tmp_path / "repo"), "app:1"], capture_output=True,
+                          env=hostile_engine, timeout=60)
+    assert "Docker engine at tcp://127.0.0.1" in _one_line_error(proc)
