@@ -26,7 +26,9 @@ from dogestry.image import Image
 from dogestry.operations import _boot_id
 from dogestry.repo import Repository
 
-DEEP = b"[" * 50000  # under the 64 KiB cap on leases and descriptors; json.loads raises RecursionError, which is neither ValueError nor DogestryError
+# Under the 64 KiB cap on leases and descriptors; json.loads raises RecursionError, which is
+# neither a ValueError nor a DogestryError.
+DEEP = b"[" * 50000
 
 
 def _one_line_error(proc, status=1):
@@ -91,7 +93,7 @@ def test_gc_reads_a_hostile_writer_lease_without_an_internal_error(tmp_path, lea
     dogestry("verify", str(path))
 
 
-def test_gc_reads_a_lease_naming_this_host_with_a_pid_beyond_any_pid(tmp_path):
+def test_tag_reads_a_gc_lease_naming_this_host_with_a_pid_beyond_any_pid(tmp_path):
     """os.kill(2**64, 0) raises OverflowError, not OSError: such a pid is no process here."""
     path = tmp_path / "repo"
     _repo(path)
