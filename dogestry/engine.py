@@ -26,7 +26,7 @@ from urllib.parse import quote, urlencode, urlsplit
 
 from .digests import chain_ids, is_digest
 from .errors import EngineError, NotFound
-from .image import EngineImage
+from .image import EngineImage, too_many_values
 from .tlsfiles import check_default_ca_file, check_tls_file
 
 DEFAULT_HOST = "unix:///var/run/docker.sock"
@@ -71,7 +71,8 @@ def _api_version(header):
     """(major, minor) from an Api-Version header such as "1.41"; None when it is not one."""
     text = (header or "").strip()
     major, dot, minor = text.partition(".")
-    if not (dot and major.isdigit() and minor.isdigit() and len(text) < 20):
+    # isascii: "²".isdigit() is True and int() refuses it
+    if not (dot and text.isascii() and major.isdigit() and minor.isdigit() and len(text) < 20):
         return None
     return int(major), int(minor)
 
@@ -315,6 +316,9 @@ class Engine:
             if size > MAX_JSON:
                 raise EngineError(f"Docker engine at {self.host}: its answer to {method} {path} is larger "
                                   f"than {MAX_JSON >> 20} MiB")
+            if too_many_values(data):
+                raise EngineError(f"Docker engine at {self.host}: its answer to {method} {path} has implausibly "
+                                  "many JSON values")
             try:
                 return json.loads(data) if data.strip() else None
             except (ValueError, RecursionError):
@@ -343,7 +347,10 @@ class Engine:
         if self._info is None and self._api_version is not None and self._api_version < CONTAINERD_STORE_API:
             return False
         status = self.info().get("DriverStatus") or []
-        return any(k == "driver-type" and "snapshotter" in v for k, v in status)
+        if not isinstance(status, list):
+            raise EngineError(f"Docker engine at {self.host}: its /info answer has a DriverStatus that is not a list")
+        return any(isinstance(pair, list) and len(pair) == 2 and pair[0] == "driver-type"
+                   and isinstance(pair[1], str) and "snapshotter" in pair[1] for pair in status)
 
     def inspect_details(self, image, slot=None):
         """The engine's whole inspect of image (a dict), or None: for telling apart images
@@ -378,17 +385,17 @@ class Engine:
         return found
 
     def _ids(self, images):
-        try:
-            return [img["Id"] for img in images]
-        except KeyError:
-            raise EngineError(f"Docker engine at {self.host}: its image listing has an image without an id") from None
+        ids = [img.get("Id") for img in images]
+        if not all(_is_digest(i) for i in ids):  # ids name paths and cache entries
+            raise EngineError(f"Docker engine at {self.host}: its image listing has an image without an id")
+        return ids
 
     def image_ids(self):
         return self._ids(self._images({"all": "1"}))
 
     def tagged_names(self):
         """name:tag of every tagged image (for completion)."""
-        return [t for img in self._images() for t in img.get("RepoTags") or [] if t != "<none>:<none>"]
+        return [t for img in self._images() for t in _tags(img) if t != "<none>:<none>"]
 
     def _inspect_many(self, ids):
         """inspect of each id (None where gone), PARALLEL_INSPECTS at a time to overlap the
@@ -441,7 +448,9 @@ class Engine:
         params = {"names": list(names)}
         if platform:
             params["platform"] = json.dumps(platform, separators=(",", ":"))
-        timeout = self.stall_timeout() + size / ENGINE_RATE
+        # At most a PiB's worth: the engine's sizes are input, and socket.settimeout refuses
+        # (OverflowError) what several images claiming exabytes add up to.
+        timeout = self.stall_timeout() + min(size, 1 << 50) / ENGINE_RATE
         conn, response = self._request("GET", "/images/get", params, timeout=timeout)
         try:
             self._check(response)
@@ -597,7 +606,7 @@ class Engine:
         """The names (name:tag) `docker images PATTERN` shows. The containerd store hides an
         image whose content is incomplete (it runs, but cannot be saved) from it."""
         found = self._images({"filters": json.dumps({"reference": [pattern]})})
-        return [tag for img in found for tag in (img.get("RepoTags") or []) if isinstance(tag, str)]
+        return [tag for img in found for tag in _tags(img)]
 
 
 # A host name or an IP address literal (IPv6 with an optional zone): nothing that
@@ -697,6 +706,12 @@ class _ChainCache:
                 os.unlink(tmp)
             except OSError:
                 pass
+
+
+def _tags(img):
+    """The names an image listing gives an image: strings in a list, anything else none."""
+    tags = img.get("RepoTags")
+    return [t for t in tags if isinstance(t, str)] if isinstance(tags, list) else []
 
 
 def _is_digest(text):

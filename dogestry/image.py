@@ -19,6 +19,7 @@ OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
 MAX_LAYERS = 1000  # far beyond any engine's limit (overlay2 stacks at most 128)
+MAX_JSON_VALUES = 1 << 20  # commas and brackets in one JSON document read from outside
 
 
 class LayerDescriptor:
@@ -68,8 +69,18 @@ def _size(value):
     return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 1 << 50
 
 
+def too_many_values(data):
+    """True when JSON text (bytes) has more than MAX_JSON_VALUES values, counted before it is
+    parsed: parsed JSON can take 25 times the memory of its text ('[[],[],...]': 21 MiB
+    became 580 MiB). dockertar bounds what it parses the same way; so does every reader of
+    a config, share index or engine answer, whose text may be up to 64 MiB."""
+    return data.count(b",") + data.count(b"[") + data.count(b"{") > MAX_JSON_VALUES
+
+
 def parse_json(data, where, what):
     """JSON from a repository, tar or server: any damage is CorruptObject naming `where`."""
+    if too_many_values(data):
+        raise CorruptObject(f"{where} is not {what} (implausibly many JSON values)")
     try:
         return json.loads(data)
     except (ValueError, RecursionError):
@@ -154,8 +165,14 @@ class EngineImage:
             platform = {"os": found["Os"], "architecture": found["Architecture"]}
             if isinstance(found.get("Variant"), str) and found["Variant"]:
                 platform["variant"] = found["Variant"]
-        return cls(found["Id"], list(rootfs.get("Layers") or []),
-                   [t for t in found.get("RepoTags") or [] if t != "<none>:<none>"], found.get("Size") or 0,
+        # An engine is input: names that are not strings in a list are none (engine.inspect
+        # checks the id and layers, which everything keys on).
+        tags, size = found.get("RepoTags"), found.get("Size")
+        tags = [t for t in tags if isinstance(t, str) and t != "<none>:<none>"] if isinstance(tags, list) else []
+        # A size beyond 1 PiB is no image's: the save's socket timeout grows with it, and
+        # 10**18 bytes overflowed it (socket.settimeout: OverflowError).
+        size = size if _size(size) else 0
+        return cls(found["Id"], list(rootfs.get("Layers") or []), tags, size,
                    readable=bool(rootfs or found.get("Os")), platform=platform)
 
     def is_image(self, image):

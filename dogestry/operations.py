@@ -41,7 +41,9 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
+from .digests import is_digest
 from .errors import CorruptObject, DogestryError, NotFound, UsageError
+from .image import too_many_values
 from .refs import docker_hub_twin, parse_ref
 from .repo import image_key, image_keys, layer_descriptor_key, layer_key, lease_key, object_of_key, ref_body
 
@@ -322,6 +324,8 @@ def _dead_here(record):
         return True
     except OSError:
         pass  # alive, another user's
+    except OverflowError:
+        pass  # beyond a C pid_t: a damaged record, which tells nothing
     return False
 
 
@@ -413,7 +417,7 @@ def _wait_for_running_gcs(ctx, repo, held):
             if info.key not in records:
                 try:
                     records[info.key] = json.loads(repo.get_small(info.key))
-                except (NotFound, ValueError, DogestryError):
+                except (NotFound, ValueError, RecursionError, DogestryError):  # unread: a gc that may run
                     records[info.key] = None
             if not _dead_here(records[info.key]):
                 running.add(info.key)
@@ -480,8 +484,9 @@ def _live_leases(repo, now):
             if isinstance(recorded, (int, float)) and not isinstance(recorded, bool):
                 since = min(since, recorded)
             if isinstance(record.get("images"), list):
-                images = tuple(i for i in record["images"] if isinstance(i, str))
-        except (NotFound, ValueError, AttributeError, DogestryError):
+                # Only image ids name keys: anything else is damage, and no image of ours.
+                images = tuple(i for i in record["images"] if is_digest(i))
+        except (NotFound, ValueError, RecursionError, AttributeError, DogestryError):
             pass  # gone, or being rewritten: its last write is a start late enough
         live.append((info.key, since, images))
     return live, stale
@@ -502,12 +507,17 @@ def _share_roots(repo, now):
     keys = set()
     for info in repo.share_infos():
         try:
-            index = json.loads(repo.get_small(info.key, MAX_SHARE_INDEX))
+            data = repo.get_small(info.key, MAX_SHARE_INDEX)
+            if too_many_values(data):
+                raise ValueError
+            index = json.loads(data)
             until = datetime.strptime(index["expires"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
             objects = index["objects"]
+            if not isinstance(objects, dict):  # sharing.py writes {key: url}
+                raise TypeError
         except NotFound:
             continue
-        except (ValueError, KeyError, TypeError, AttributeError, CorruptObject):
+        except (ValueError, RecursionError, KeyError, TypeError, AttributeError, CorruptObject):
             raise DogestryError(f"share index {info.key} in {repo.location} is damaged; gc cannot tell what it "
                                 "hands out: remove it first") from None
         if until.timestamp() > now:
@@ -732,8 +742,10 @@ class Verifier:
         data = self.check_config(image_id, image.config_size)
         if data is not None:
             try:
+                if too_many_values(data):
+                    raise ValueError  # more than any config dockertar lets a push store
                 diff_ids = json.loads(data)["rootfs"]["diff_ids"]
-            except (ValueError, KeyError, TypeError):
+            except (ValueError, RecursionError, KeyError, TypeError):
                 diff_ids = None
             if diff_ids != image.diff_ids:
                 self.problem(f"image {image_id}: its record's layers differ from its config's rootfs.diff_ids")

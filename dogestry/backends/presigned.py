@@ -24,6 +24,20 @@ SHARE_FORMAT = "dogestry-share"   # sharing.py writes what this reads
 SHARE_VERSION = 1
 TIMEOUT = 60
 MAX_INDEX = 64 << 20
+MAX_INDEX_VALUES = 1 << 20  # commas and brackets, as image.MAX_JSON_VALUES (a layer above this one)
+
+
+def _number(text):
+    """A size from a header, or None: ASCII digits, and few ('²'.isdigit() is True, and
+    int() refuses more than 4300 digits)."""
+    return int(text) if text and text.isascii() and text.isdigit() and len(text) <= 20 else None
+
+
+def _ref_bytes(value):
+    """A shared ref's bytes as a ref file would hold them. A value that is not a string, or
+    one that does not encode (a lone surrogate), becomes bytes get_ref calls damaged."""
+    text = value if isinstance(value, str) else ""
+    return f"{text}\n".encode("utf-8", "replace")
 
 
 def _shown(value):
@@ -73,7 +87,11 @@ def _get(url, what, stall, headers=None):
     """An open HTTP response; 5xx and connection failures are retried (retry.retrying)
     until `stall` seconds pass without success. Only http(s) URLs are fetched: an index
     is input, and must not make us read a local file (file://) or talk ftp."""
-    if not isinstance(url, str) or urlsplit(url).scheme.lower() not in ("http", "https"):
+    try:
+        scheme = urlsplit(url).scheme.lower() if isinstance(url, str) else None
+    except ValueError:  # "http://[::1": urlsplit refuses it
+        scheme = None
+    if scheme not in ("http", "https"):
         raise StorageError(f"{what}: the share index gives it no http(s) URL ({mask_url(str(url))[:80]!r})")
     try:
         check_default_ca_file()  # an https answer, or a redirect to one, makes OpenSSL read it
@@ -190,6 +208,8 @@ class PresignedIndexBackend(Backend):
             data = _fetch(self.url, "cannot read the share index", self.stall, "the share index",
                           self.location(), MAX_INDEX)
             try:
+                if data.count(b",") + data.count(b"[") + data.count(b"{") > MAX_INDEX_VALUES:
+                    raise ValueError  # parsed, 25 times its text: more than any index sharing.py writes
                 index = json.loads(data)
                 if not isinstance(index, dict) or index.get("format") != SHARE_FORMAT \
                         or not isinstance(index.get("objects", {}), dict) or not isinstance(index.get("refs", {}), dict):
@@ -229,7 +249,7 @@ class PresignedIndexBackend(Backend):
     def get(self, key, limit=None):
         refs = self.index.get("refs", {})
         if key in refs:
-            return f"{refs[key]}\n".encode()
+            return _ref_bytes(refs[key])
         return _fetch(self._url(key), f"cannot read {key}", self.stall, key, self.location(), limit)
 
     def open(self, key):
@@ -238,19 +258,19 @@ class PresignedIndexBackend(Backend):
     def size(self, key):
         refs = self.index.get("refs", {})
         if key in refs:
-            return len(f"{refs[key]}\n")
+            return len(_ref_bytes(refs[key]))
         # A pre-signed GET cannot be turned into a HEAD: ask for one byte and read the total.
         try:
             response = _get(self._url(key), f"cannot read {key}", self.stall, headers={"Range": "bytes=0-0"})
         except _RangeNotSatisfiable:
             return 0  # not even one byte: the object is empty
         with response:
-            total = (response.headers.get("Content-Range") or "").rpartition("/")[2]
-            if total.isdigit():
-                return int(total)
-            length = response.headers.get("Content-Length")
-            if length and length.isdigit() and response.status == 200:
-                return int(length)
+            total = _number((response.headers.get("Content-Range") or "").rpartition("/")[2])
+            if total is not None:
+                return total
+            length = _number(response.headers.get("Content-Length"))
+            if length is not None and response.status == 200:
+                return length
         raise StorageError(f"cannot tell the size of {key} from the shared URL")
 
     def exists(self, key):
