@@ -556,6 +556,11 @@ class _Reach:
 
     def of_refs(self):
         refs = [ref for ref, _ in self.repo.ref_infos()]
+        odd = self.repo.unreadable_refs()
+        if odd:
+            # Left out of the listing, it would count as absent and its image be deleted.
+            raise DogestryError(f"gc cannot tell what ref {odd[0]} in {self.repo.location} is: not a regular file; "
+                                "remove it or write the ref again first")
 
         def read(ref):
             try:
@@ -714,6 +719,8 @@ class Verifier:
                              f"({image_key(image_id)})")
                 continue
             ids.append(image_id)
+        for key in self.repo.unreadable_refs():
+            self.problem(f"{key} in {self.repo.location} is where a ref would be, but is not a regular file")
         return ids
 
     def check_config(self, image_id, size=None):

@@ -493,6 +493,10 @@ class Repository:
         self._prepare_write()
         self.backend.put(self.ref_key(ref), ref_body(image_id), overwrite=True)
 
+    def unreadable_refs(self):
+        """Keys spelled as refs that hold no ref the storage can give (Backend.unlisted)."""
+        return [key for key in self.backend.unlisted(REFS_PREFIX) if ref_of_key(key, self.version)]
+
     def list_refs(self, pattern=None):
         """(image_id, Ref) for every ref, sorted by name:tag; pattern is a glob on name:tag."""
         self.check_format()

@@ -660,3 +660,32 @@ def test_a_file_url_without_a_path_is_a_usage_error(tmp_path):
                               cwd=str(tmp_path), timeout=60)
         assert proc.returncode == 2 and "names no path" in proc.stderr, proc.stderr
         assert os.listdir(tmp_path) == []  # nothing written into the current directory
+
+
+@pytest.mark.parametrize("kind", ["fifo", "directory", "link out", "dangling link"])
+def test_gc_stops_at_a_ref_it_cannot_read_and_verify_names_it(tmp_path, kind):
+    """A ref replaced by a FIFO, a directory or a link out of the repository is left out of
+    listings (show-ref lists the rest). gc took it for absent and deleted its image; now it
+    stops, removing nothing, and verify reports it."""
+    root, image_id, desc = _cli_repo(tmp_path)
+    ref = root / "repositories/app/_tags/good"
+    os.unlink(ref)
+    if kind == "fifo":
+        os.mkfifo(ref)
+    elif kind == "directory":
+        ref.mkdir()
+    elif kind == "link out":
+        (tmp_path / "outside").write_text(image_id + "\n")
+        os.symlink(tmp_path / "outside", ref)
+    else:
+        os.symlink(tmp_path / "nowhere", ref)
+    before = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and ".spool" not in p.parts)
+    assert_one_line_failure(cli(tmp_path, "gc", "--grace", "0", str(root)), "repositories/app/_tags/good",
+                            "gc cannot tell")
+    after = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and ".spool" not in p.parts)
+    assert after == before and f"layers/sha256/{desc.diff_id.split(':')[1]}" in after
+    run = cli(tmp_path, "verify", str(root))
+    assert run.rc == 1 and "repositories/app/_tags/good" in run.out + run.err, (run.out, run.err)
+    ref.unlink() if kind != "directory" else ref.rmdir()
+    run = cli(tmp_path, "gc", "--grace", "0", str(root))  # once it is gone, the image is unreachable
+    assert run.rc == 0 and run.out.startswith("removed 4 object(s)"), (run.out, run.err)

@@ -87,6 +87,13 @@ class Backend:
             except NotFound:
                 continue  # deleted since it was listed
 
+    def unlisted(self, prefix=""):
+        """Names under prefix spelled as keys that list() leaves out because they hold no
+        object: only a filesystem has such things (a FIFO, a directory or a link out where a
+        file would be). gc asks, so that a ref it cannot read stops it rather than counting
+        as absent."""
+        return []
+
     # -- defaults a backend may improve on ----------------------------------------
     def put_file(self, key, path, overwrite=False):
         """Store the file at `path` under `key` and remove `path` (it was a spool file)."""

@@ -561,8 +561,10 @@ class LocalBackend(Backend):
             raise self._write_error(err, "a layer", spooling=True) from None
 
     # -- listing and deleting --------------------------------------------------------
-    def _tree(self, dir_fd, rel):
+    def _tree(self, dir_fd, rel, others=None):
         """Walk below dir_fd without following links: (dir fd, rel, regular files, links), sorted.
+        `others`, a list, collects the rel paths of the rest: FIFOs, sockets, devices and
+        directories (each directory is also walked).
 
         Directory fds are only valid during their iteration step.
         """
@@ -573,6 +575,8 @@ class LocalBackend(Backend):
             raise self._read_error(err, rel or "the repository") from None
         files = [e.name for e in entries if e.is_file(follow_symlinks=False)]
         links = [e.name for e in entries if e.is_symlink()]
+        if others is not None:
+            others += [rel + e.name for e in entries if not e.is_file(follow_symlinks=False) and not e.is_symlink()]
         yield dir_fd, rel, files, links
         for entry in entries:
             if entry.name.startswith(".") or not entry.is_dir(follow_symlinks=False):
@@ -585,7 +589,7 @@ class LocalBackend(Backend):
                 # A directory we may not read would hide its keys: say so, never "not found".
                 raise self._read_error(err, f"{rel}{entry.name}/") from None
             try:
-                yield from self._tree(sub, f"{rel}{entry.name}/")
+                yield from self._tree(sub, f"{rel}{entry.name}/", others)
             finally:
                 os.close(sub)
 
@@ -603,8 +607,18 @@ class LocalBackend(Backend):
         for key, st in self._listing(prefix):
             yield ObjectInfo(key, st.st_size, st.st_mtime)
 
-    def _listing(self, prefix):
-        """(key, stat) for list() and scan(): one lstat each, the target's stat for a link."""
+    def unlisted(self, prefix=""):
+        """Names under prefix that list() leaves out although they are spelled as keys: a
+        FIFO, socket, device or directory, or a link that leads out of the root or nowhere."""
+        others, listed = [], set()
+        for key, _ in self._listing(prefix, others):
+            listed.add(key)
+        return sorted(key for key in others if key not in listed and not key.rsplit("/", 1)[-1].startswith(".")
+                      and _is_key(key))
+
+    def _listing(self, prefix, others=None):
+        """(key, stat) for list() and scan(): one lstat each, the target's stat for a link.
+        `others`, a list, collects what is left out (see unlisted)."""
         rel = prefix.rstrip("/")
         try:
             if rel:
@@ -633,12 +647,14 @@ class LocalBackend(Backend):
         except OSError as err:  # unreadable is not empty: "not found" would mislead
             raise self._read_error(err, prefix or "the repository") from None
         try:
-            for _dir_fd, sub, files, links in self._tree(base, f"{rel}/" if rel else ""):
+            for _dir_fd, sub, files, links in self._tree(base, f"{rel}/" if rel else "", others):
                 for name in sorted(files + links):
                     key = sub + name
                     if name.startswith(".") or not _is_key(key):
                         continue
                     if name in links and not self.exists(key):
+                        if others is not None:
+                            others.append(key)
                         continue
                     try:
                         if name in links:  # a link inside the root: the size of what it leads to
