@@ -58,20 +58,26 @@ def produce(generate, depth=DEPTH, name="dogestry-producer"):
     q = queue.Queue(depth)
     stop = threading.Event()
 
+    def offer(entry):
+        """Put entry unless the consumer has gone: a consumer that stops reading (a client
+        hanging up, a range satisfied early) must not leave this thread blocked for ever on
+        a full queue, holding its chunks. True when put."""
+        while not stop.is_set():
+            try:
+                q.put(entry, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def run():
         try:
             for item in generate():
-                while not stop.is_set():
-                    try:
-                        q.put(("item", item), timeout=0.2)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not offer(("item", item)):
                     return
-            q.put(("end", None))
+            offer(("end", None))
         except BaseException as err:
-            q.put(("error", err))
+            offer(("error", err))
 
     thread = threading.Thread(target=run, name=name, daemon=True)
     thread.start()

@@ -461,3 +461,25 @@ def test_push_from_an_engine_that_gives_an_image_a_size_of_an_exabyte(tmp_path, 
     proc = subprocess.run([sys.executable, BIN, "push", str(tmp_path / "repo"), "app:1"], capture_output=True,
                           env=hostile_engine, timeout=60)
     assert "Docker engine at tcp://127.0.0.1" in _one_line_error(proc)
+
+
+def test_a_producer_whose_consumer_stops_after_its_last_item_is_not_left_blocked():
+    """pipeline.produce put its end marker with no timeout: a consumer that stopped after the
+    last item (serve answering `Range: bytes=0-0` from an uncached layer) left the thread
+    blocked for ever on the full queue, holding up to `depth` chunks. Pure logic: no fake."""
+    import threading
+
+    from dogestry.pipeline import produce
+
+    def five():
+        yield from range(5)
+
+    for _ in range(3):
+        items = produce(five, depth=4, name="dogestry-test-producer")
+        assert next(items) == 0
+        time.sleep(0.3)  # the producer has filled the queue and waits to put its end marker
+        items.close()
+    deadline = time.monotonic() + 5
+    while any(t.name == "dogestry-test-producer" for t in threading.enumerate()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(t.name == "dogestry-test-producer" for t in threading.enumerate())
