@@ -483,3 +483,22 @@ def test_a_producer_whose_consumer_stops_after_its_last_item_is_not_left_blocked
     while any(t.name == "dogestry-test-producer" for t in threading.enumerate()) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not any(t.name == "dogestry-test-producer" for t in threading.enumerate())
+
+
+def test_list_of_a_ref_stamped_beyond_what_gmtime_holds():
+    """A ref whose mtime is 2^62 (tmpfs keeps it): `list --json` and `--no-trunc` raised
+    OSError from time.gmtime, an internal error. The time is unknown instead."""
+    import pathlib
+    import shutil
+    import tempfile
+
+    shm = pathlib.Path(tempfile.mkdtemp(dir="/dev/shm"))  # ext4 clamps such a time to 2446; tmpfs keeps it
+    try:
+        image = _repo(shm / "repo")
+        os.utime(shm / "repo" / "repositories" / "app" / "_tags" / "1", (2 ** 62, 2 ** 62))
+        out = dogestry("list", "--json", str(shm / "repo")).stdout
+        assert json.loads(out)["pushed"] is None and json.loads(out)["image_id"] == image.id
+        table = dogestry("list", "--no-trunc", str(shm / "repo")).stdout.decode().splitlines()
+        assert table[1].split()[-1] == "-" and image.id in table[1]
+    finally:
+        shutil.rmtree(shm)

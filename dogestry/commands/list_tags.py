@@ -33,7 +33,11 @@ def _ago(when, now):
 
 
 def _utc(when):
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(when)) if when is not None else None
+    """ISO 8601 UTC, or None for a time gmtime cannot hold (a file stamped 2^62 on tmpfs)."""
+    try:
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(when)) if when is not None else None
+    except (OverflowError, OSError, ValueError):
+        return None
 
 
 def run(ctx, args):
