@@ -125,6 +125,9 @@ def test_hostile_lock_files(repo, tmp_path):
         assert "Read-only file system" in err and ro in err, err
     proc = run("gc", "-n", "--lockfile", "/proc/self/mem", repo, timeout=20)
     assert proc.returncode == 0 and not proc.stderr, proc.stderr
+    # --lockfile "$LOCK" with LOCK unset ran unlocked, silently
+    err = one_line_error(run("gc", "-n", "--lockfile", "", repo), status=2)
+    assert "--lockfile needs a path" in err, err
 
 
 HOLDER = r"""

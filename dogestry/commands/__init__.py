@@ -157,6 +157,9 @@ def held_lock(ctx, args):
     from ..operations import lockfile
 
     timeout = None
+    if args.lockfile == "":
+        # As from --lockfile "$LOCK" with LOCK unset: running unlocked would be silent.
+        raise UsageError("--lockfile needs a path; an empty one would lock nothing")
     if args.lock_timeout is not None:
         if not args.lockfile:
             raise UsageError("--lock-timeout needs --lockfile")
