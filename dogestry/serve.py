@@ -471,6 +471,9 @@ class _DeadlineSocketReader(io.RawIOBase):
         return self.sock.recv_into(buffer)
 
 
+_ABSOLUTE_PATH = re.compile(r"(?<![\w:/.~-])/[^\s'\",;:()]+")
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive: docker and containerd reuse connections
     server_version = "dogestry-serve"
@@ -597,6 +600,8 @@ class _Handler(BaseHTTPRequestHandler):
             for where in (self._repo.location, getattr(self._repo.backend, "endpoint", None)):
                 if where:
                     told = told.replace(where, "this registry's storage")
+            # Any other absolute path (where a link out of a local repository leads) too.
+            told = _ABSOLUTE_PATH.sub("<path>", told)
             if self._status is None and isinstance(err, NotFound):
                 # An object the records name is missing: to the client it is unknown.
                 code = "MANIFEST_UNKNOWN" if "/manifests/" in self.path else "BLOB_UNKNOWN"

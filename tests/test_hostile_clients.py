@@ -595,3 +595,20 @@ def test_a_storage_that_cannot_be_reached_is_a_500_that_hides_the_endpoint(tmp_p
     finally:
         served.stop()
         store.close()
+
+
+def test_an_error_body_names_no_path_a_link_out_leads_to(tmp_path):
+    """A local repository whose repositories/ links out of it: serve answers 500, and the
+    body says what failed without the link's target (only the server's log has it)."""
+    repo = make_repo(tmp_path, {"other:1": [{"etc/base.txt": b"base\n"}]})
+    secret = tmp_path / "elsewhere-secret"
+    os.rename(os.path.join(repo, "repositories"), secret)
+    os.symlink(secret, os.path.join(repo, "repositories"))
+    served = start_serving(repo, tmp_path)
+    try:
+        status, _, body = served.request("GET", "/v2/_catalog")
+        assert status == 500 and b"link out of the repository" in body, (status, body[:300])
+        assert b"elsewhere-secret" not in body and str(tmp_path).encode() not in body, body
+        assert "elsewhere-secret" in served.log()
+    finally:
+        served.stop()
