@@ -344,14 +344,17 @@ def same_config(engine, found, images):
     import json
 
     details = engine.inspect_details(found.id) or {}
-    wanted = details.get("Config") or {}
+    details = details if isinstance(details, dict) else {}
+    wanted = details.get("Config") if isinstance(details.get("Config"), dict) else {}
 
     def agrees(image):
         try:
             config = json.loads(image.config)
-        except ValueError:
+        except (ValueError, RecursionError):
             return False
-        mine = config.get("config") or {}
+        if not isinstance(config, dict):
+            return False
+        mine = config.get("config") if isinstance(config.get("config"), dict) else {}
         return (config.get("created") == details.get("Created")
                 or _normal_created(config.get("created")) == _normal_created(details.get("Created"))) and all(
             (mine.get(key) or None) == (wanted.get(key) or None) for key in _CONFIG_FIELDS)
