@@ -5,6 +5,7 @@ scripts/test sets after starting them. Without it an engine test fails, never sk
 a test skipped in CI would prove nothing.
 """
 
+import contextlib
 import io
 import os
 import subprocess
@@ -191,6 +192,38 @@ def dogestry(*args, env=None, input=None, check=True, cwd=None):
     if check and proc.returncode != 0:
         raise AssertionError(f"dogestry {' '.join(args)} exited {proc.returncode}: {proc.stderr.decode()}")
     return proc
+
+
+@contextlib.contextmanager
+def http_peer(handler):
+    """A threaded HTTP server answering with `handler` (a BaseHTTPRequestHandler class) on a
+    free loopback port of its own, for the length of the block; yields its base URL."""
+    import http.server
+    import socketserver
+    import threading
+
+    class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
+        daemon_threads = True
+        block_on_close = False
+
+    server = Server(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def one_line_error(proc, status=1):
+    """The rule for a failure: that exit status, one `dogestry: ` line on stderr (the CLI
+    cuts a longer message at 1,000 characters), no traceback or internal error. Returns it."""
+    err = proc.stderr.decode("utf-8", "replace")
+    assert proc.returncode == status, (proc.returncode, err)
+    assert "internal error" not in err and "Traceback" not in err, err
+    assert err.startswith("dogestry: ") and err.count("\n") == 1, err
+    assert len(err) < 1100, f"a {len(err)}-character error"
+    return err
 
 
 def add_bytes(tar, name, data):

@@ -16,17 +16,15 @@ import io
 import json
 import os
 import socket
-import socketserver
 import subprocess
 import sys
 import tarfile
-import threading
 import time
 import uuid
 
 import pytest
 
-from conftest import BIN, add_bytes, dogestry
+from conftest import BIN, add_bytes, dogestry, http_peer, one_line_error
 
 SECRET = "X-Amz-Signature=adversarysig0123456789"
 STALL = 4  # DOGESTRY_STALL_TIMEOUT for the network cases: each must end well within twice this
@@ -41,11 +39,7 @@ def _bounded(*args, env=None, cwd=None, limit=60):
 
 
 def _one_line_error(proc, status=1):
-    err = proc.stderr.decode("utf-8", "replace")
-    assert proc.returncode == status, (proc.returncode, err)
-    assert "internal error" not in err and "Traceback" not in err, err
-    assert err.startswith("dogestry: ") and err.count("\n") == 1, err
-    assert len(err) < 1000, f"a {len(err)}-character error"
+    err = one_line_error(proc, status)
     assert "adversarysig" not in err + proc.stdout.decode("utf-8", "replace"), err
     return err
 
@@ -99,18 +93,10 @@ class _Hostile(http.server.BaseHTTPRequestHandler):
             pass  # the client gave up, as it should
 
 
-class _Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
-    daemon_threads = True
-    block_on_close = False
-
-
 @pytest.fixture(scope="module")
 def hostile():
-    server = _Server(("127.0.0.1", 0), _Hostile)  # a free port of our own
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with http_peer(_Hostile) as url:
+        yield url
 
 
 def _index(**fields):

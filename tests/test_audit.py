@@ -10,17 +10,15 @@ import io
 import json
 import os
 import socket
-import socketserver
 import subprocess
 import sys
 import tarfile
-import threading
 import time
 import uuid
 
 import pytest
 
-from conftest import BIN, dogestry
+from conftest import BIN, dogestry, http_peer, one_line_error
 from dogestry.backends.local import LocalBackend
 from dogestry.image import Image
 from dogestry.operations import _boot_id
@@ -29,15 +27,6 @@ from dogestry.repo import Repository
 # Under the 64 KiB cap on leases and descriptors; json.loads raises RecursionError, which is
 # neither a ValueError nor a DogestryError.
 DEEP = b"[" * 50000
-
-
-def _one_line_error(proc, status=1):
-    err = proc.stderr.decode("utf-8", "replace")
-    assert proc.returncode == status, (proc.returncode, err)
-    assert "internal error" not in err and "Traceback" not in err, err
-    assert err.startswith("dogestry: ") and err.count("\n") == 1, err
-    assert len(err) < 1000, f"a {len(err)}-character error"
-    return err
 
 
 def _digest(data):
@@ -152,7 +141,7 @@ def test_gc_refuses_a_damaged_share_index_in_one_line(tmp_path, index):
     _repo(path)
     (path / "shares").mkdir(exist_ok=True)
     (path / "shares" / ("ab" * 32 + ".json")).write_bytes(index)
-    err = _one_line_error(dogestry("gc", "--grace", "0s", str(path), check=False))
+    err = one_line_error(dogestry("gc", "--grace", "0s", str(path), check=False))
     assert "shares/" + "ab" * 32 + ".json" in err and "damaged" in err
 
 
@@ -195,18 +184,10 @@ class _Peer(http.server.BaseHTTPRequestHandler):
         self.wfile.write(body)
 
 
-class _Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
-    daemon_threads = True
-    block_on_close = False
-
-
 @pytest.fixture(scope="module")
 def peer():
-    server = _Server(("127.0.0.1", 0), _Peer)  # a free port of our own
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with http_peer(_Peer) as url:
+        yield url
 
 
 MARKER = b'{"format": "dogestry-repository", "version": 2}\n'
@@ -233,14 +214,14 @@ def _bounded(*args, limit=60):
 
 def test_a_share_index_object_url_urlsplit_refuses(peer):
     url = _share(peer, "bad-ipv6", objects={"dogestry.json": "http://[::1/marker"})
-    err = _one_line_error(_bounded("show-ref", url))
+    err = one_line_error(_bounded("show-ref", url))
     assert "dogestry.json" in err and "auditsig" not in err
 
 
 def test_a_shared_ref_that_is_a_lone_surrogate(peer):
     """json.loads gives "\\ud800" as a str that .encode() refuses."""
     url = _share(peer, "surrogate-ref", refs={"repositories/app/_tags/1": "\ud800"})
-    err = _one_line_error(_bounded("show-ref", url))
+    err = one_line_error(_bounded("show-ref", url))
     assert "app:1" in err and "auditsig" not in err
 
 
@@ -254,7 +235,7 @@ def test_a_shared_object_size_that_int_refuses(peer, content_range):
     layer = "layers/sha256/" + "ab" * 32
     url = _share(peer, name, objects={layer: f"{peer}/{name}/layer"},
                  routes={"layer": (206, {"Content-Range": content_range}, b"x")})
-    err = _one_line_error(_bounded("verify", "--all", url))
+    err = one_line_error(_bounded("verify", "--all", url))
     assert layer in err and "auditsig" not in err
 
 
@@ -286,13 +267,9 @@ class _Engine(http.server.BaseHTTPRequestHandler):
 @pytest.fixture
 def hostile_engine(tmp_path):
     _Engine.routes, _Engine.api = {}, "1.41"
-    server = _Server(("127.0.0.1", 0), _Engine)  # a free port of our own
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    env = dict(os.environ, DOCKER_HOST=f"tcp://127.0.0.1:{server.server_address[1]}",
-               XDG_CACHE_HOME=str(tmp_path / "cache"), DOGESTRY_STALL_TIMEOUT="4")
-    yield env
-    server.shutdown()
-    server.server_close()
+    with http_peer(_Engine) as url:
+        yield dict(os.environ, DOCKER_HOST=url.replace("http://", "tcp://"), XDG_CACHE_HOME=str(tmp_path / "cache"),
+                   DOGESTRY_STALL_TIMEOUT="4")
 
 
 def _inspect(image_id, **fields):
@@ -320,7 +297,7 @@ def test_pull_into_an_engine_whose_answers_have_the_wrong_types(tmp_path, hostil
         _Engine.routes[f"/images/{other}/json"] = _inspect(other, RepoTags=5)
     proc = subprocess.run([sys.executable, BIN, "pull", str(path), "app:1"], capture_output=True,
                           env=hostile_engine, timeout=60)
-    err = _one_line_error(proc)
+    err = one_line_error(proc)
     assert "Docker engine at tcp://127.0.0.1" in err or "docker load into tcp://127.0.0.1" in err, err
 
 
@@ -433,14 +410,14 @@ def test_gc_bounds_what_a_share_index_of_many_values_costs(tmp_path):
     (path / "shares" / ("ab" * 32 + ".json")).write_bytes(MANY)
     proc, rss = _peak_rss("gc", str(path))
     assert rss < RSS_LIMIT, f"gc peaked at {rss >> 20} MiB"
-    assert "shares/" + "ab" * 32 + ".json" in _one_line_error(proc)
+    assert "shares/" + "ab" * 32 + ".json" in one_line_error(proc)
 
 
 def test_a_share_index_of_many_values_is_refused_before_it_is_parsed(peer):
     _Peer.routes["/many"] = (200, {}, MANY)
     proc, rss = _peak_rss("show-ref", f"{peer}/many?X-Amz-Signature=auditsig")
     assert rss < RSS_LIMIT, f"show-ref peaked at {rss >> 20} MiB"
-    assert "share index" in _one_line_error(proc)
+    assert "share index" in one_line_error(proc)
 
 
 def test_an_engine_answer_of_many_values_is_refused_before_it_is_parsed(tmp_path, hostile_engine):
@@ -449,7 +426,7 @@ def test_an_engine_answer_of_many_values_is_refused_before_it_is_parsed(tmp_path
     _Engine.routes["/images/json"] = json.loads(MANY)
     proc, rss = _peak_rss("pull", str(path), "app:1", env=hostile_engine)
     assert rss < RSS_LIMIT, f"pull peaked at {rss >> 20} MiB"
-    assert "Docker engine at tcp://127.0.0.1" in _one_line_error(proc)
+    assert "Docker engine at tcp://127.0.0.1" in one_line_error(proc)
 
 
 def test_push_from_an_engine_that_gives_an_image_a_size_of_an_exabyte(tmp_path, hostile_engine):
@@ -460,7 +437,7 @@ def test_push_from_an_engine_that_gives_an_image_a_size_of_an_exabyte(tmp_path, 
                                                      RootFS={"Type": "layers", "Layers": [layer]})
     proc = subprocess.run([sys.executable, BIN, "push", str(tmp_path / "repo"), "app:1"], capture_output=True,
                           env=hostile_engine, timeout=60)
-    assert "Docker engine at tcp://127.0.0.1" in _one_line_error(proc)
+    assert "Docker engine at tcp://127.0.0.1" in one_line_error(proc)
 
 
 def test_a_producer_whose_consumer_stops_after_its_last_item_is_not_left_blocked():

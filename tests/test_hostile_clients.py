@@ -17,19 +17,10 @@ import time
 
 import pytest
 
-from conftest import dogestry
+from conftest import dogestry, one_line_error
 from test_serve import make_repo, start_serving
 
 STALL = 3  # DOGESTRY_STALL_TIMEOUT of the servers here: seconds a client may stall
-
-
-def one_line_error(proc, status=1):
-    """The rule for a failure: exit status, one `dogestry: ` line on stderr, no traceback."""
-    err = proc.stderr.decode(errors="replace")
-    assert proc.returncode == status, (proc.returncode, err)
-    assert err.startswith("dogestry: ") and err.count("\n") == 1, err
-    assert "internal error" not in err and "Traceback" not in err, err
-    return err
 
 
 # -- dogestry serve against hostile clients ------------------------------------------------
@@ -271,7 +262,7 @@ def test_records_of_the_other_mode_or_with_junk_are_refused_not_half_taken(plumb
         (["update-ref", "--stdin"], f"{image_id}\0 f:1\n".encode()),
         (["update-ref", "--stdin"], walk),                                 # object records: wrong kind
         (["build-load-tar", "--stdin"], walk),
-        (["resolve-ref", "--stdin"], f"team/app:1 other:1 junk\n".encode()),
+        (["resolve-ref", "--stdin"], b"team/app:1 other:1 junk\n"),
         (["sync-objects", "-z", "--stdin"], walk.replace(b"\n", b"\0", 1)),  # a -z record holding a newline
         (["update-ref", "--stdin"], b"\xef\xbb\xbf" + f"{image_id} g:1\n".encode()),  # a BOM
         (["update-ref", "--stdin"], f"{image_id} {'a' * 60000}:1\n".encode()),

@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from conftest import BIN
+from conftest import BIN, one_line_error
 from test_local_hostile import world_readable_dir  # noqa: F401  (a fixture, for the tests as nobody)
 from test_serve import make_repo
 
@@ -30,14 +30,6 @@ def run(*args, env=None, timeout=60, input=None, cwd=None):
     """bin/dogestry with arguments that may be bytes (paths that are not UTF-8)."""
     return subprocess.run([sys.executable, BIN, *args], capture_output=True, env=env, input=input,
                           timeout=timeout, cwd=cwd)
-
-
-def one_line_error(proc, status=1):
-    err = proc.stderr.decode(errors="replace")
-    assert proc.returncode == status, (proc.returncode, err)
-    assert err.startswith("dogestry: ") and err.count("\n") == 1, err
-    assert "internal error" not in err and "Traceback" not in err, err
-    return err
 
 
 def no_secret(proc):

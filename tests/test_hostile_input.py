@@ -9,17 +9,8 @@ import os
 
 import pytest
 
-from conftest import dogestry
+from conftest import dogestry, one_line_error
 from test_fuzz import L1, L2, SEEDS, _config, _digest, _oci, mutate, save_tar
-
-
-def _one_line_error(proc, status):
-    err = proc.stderr.decode("utf-8", "replace")
-    assert proc.returncode == status, (proc.returncode, err)
-    assert "internal error" not in err and "Traceback" not in err, err
-    assert err.startswith("dogestry: ") and err.count("\n") == 1, err
-    assert len(err) < 1000, f"a {len(err)}-character error"
-    return err
 
 
 def _v1(manifest, config=None, layers=(("aaa/layer.tar", L1),), extra=()):
@@ -81,7 +72,7 @@ def test_save_to_repo_refuses_hostile_tar(tmp_path, case):
     tar, repo = tmp_path / "save.tar", tmp_path / "repo"
     tar.write_bytes(HOSTILE_TARS[case])
     proc = dogestry("save-to-repo", "--input", str(tar), str(repo), check=False)
-    _one_line_error(proc, 1)
+    one_line_error(proc, 1)
     assert proc.stdout == b""
     assert _published(repo) == []
 
@@ -97,13 +88,13 @@ def test_save_to_repo_accepts_the_seeds(tmp_path):
 
 def test_s3_url_with_an_endpoint_that_is_not_a_url_is_a_usage_error():
     proc = dogestry("remote", "s3://b/p/?endpoint=notaurl", check=False)
-    _one_line_error(proc, 2)
+    one_line_error(proc, 2)
 
 
 @pytest.mark.parametrize("url", ["s3://[b/p/", "s3://b\uff03x/p/"])
 def test_s3_url_that_urlsplit_refuses_is_a_usage_error(url):
     proc = dogestry("remote", url, check=False)
-    _one_line_error(proc, 2)
+    one_line_error(proc, 2)
 
 
 @pytest.mark.parametrize("version", ['"1"', "true", "2.5", "[]", "null", "0", "-1", '{"a": 1}'])
@@ -112,7 +103,7 @@ def test_format_marker_with_a_version_that_is_not_one(tmp_path, version):
     repo.mkdir()
     (repo / "dogestry.json").write_text(f'{{"format": "dogestry-repository", "version": {version}}}\n')
     for args in (["remote", str(repo)], ["show-ref", str(repo)]):
-        err = _one_line_error(dogestry(*args, check=False), 1)
+        err = one_line_error(dogestry(*args, check=False), 1)
         assert "dogestry.json" in err and "upgrade" not in err, err
 
 
@@ -126,7 +117,7 @@ def test_damaged_format_marker(tmp_path, marker):
     repo = tmp_path / "repo"
     repo.mkdir()
     (repo / "dogestry.json").write_bytes(marker)
-    err = _one_line_error(dogestry("remote", str(repo), check=False), 1)
+    err = one_line_error(dogestry("remote", str(repo), check=False), 1)
     assert "dogestry.json" in err
 
 
@@ -134,7 +125,7 @@ def test_newer_format_version_asks_for_an_upgrade(tmp_path):
     repo = tmp_path / "repo"
     repo.mkdir()
     (repo / "dogestry.json").write_text('{"format": "dogestry-repository", "version": 99}\n')
-    err = _one_line_error(dogestry("show-ref", str(repo), check=False), 1)
+    err = one_line_error(dogestry("show-ref", str(repo), check=False), 1)
     assert "version 99" in err and "upgrade" in err
 
 
@@ -148,7 +139,7 @@ def test_hostile_config_file(tmp_path, content):
     cfg.write_bytes(content)
     repo = tmp_path / "repo"
     repo.mkdir()
-    err = _one_line_error(dogestry("--config", str(cfg), "save-to-repo", "--input", "-", str(repo),
+    err = one_line_error(dogestry("--config", str(cfg), "save-to-repo", "--input", "-", str(repo),
                                    input=SEEDS["docker-25"], check=False), 2)
     assert str(cfg) in err
 
@@ -158,7 +149,7 @@ def test_hostile_config_file(tmp_path, content):
 def test_update_ref_stdin_that_is_not_records(tmp_path, data, nul):
     repo = tmp_path / "repo"
     args = ["update-ref", str(repo), "--stdin"] + (["-z"] if nul else [])
-    _one_line_error(dogestry(*args, input=data, check=False), 2)
+    one_line_error(dogestry(*args, input=data, check=False), 2)
 
 
 @pytest.mark.parametrize("ref", ["app:latest\n", "app:é", "App:1", "app:" + "x" * 200])
@@ -167,7 +158,7 @@ def test_update_ref_refuses_refs_that_only_look_valid(tmp_path, ref):
     tar.write_bytes(SEEDS["docker-25"])
     repo = tmp_path / "repo"
     image_id = dogestry("save-to-repo", "--input", str(tar), str(repo)).stdout.split()[0].decode()
-    _one_line_error(dogestry("update-ref", str(repo), ref, image_id, check=False), 2)
+    one_line_error(dogestry("update-ref", str(repo), ref, image_id, check=False), 2)
     assert not (repo / "repositories" / "app" / "latest\n").exists()
 
 
@@ -183,5 +174,5 @@ def test_damaged_image_record_in_repository(tmp_path, record):
     path = repo / "images" / "sha256" / f"{hex_id}.json"
     path.chmod(0o644)
     path.write_bytes(record.replace(b"%s", hex_id.encode()))
-    err = _one_line_error(dogestry("walk-ancestry", str(repo), image_id, check=False), 1)
+    err = one_line_error(dogestry("walk-ancestry", str(repo), image_id, check=False), 1)
     assert hex_id in err
