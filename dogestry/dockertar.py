@@ -23,6 +23,7 @@ import zlib
 
 from .digests import from_hex, is_digest, sha256_digest
 from .errors import CorruptObject, DogestryError, UsageError
+from .jsontext import too_many_values
 from .refs import parse_ref
 
 BLOCK = 512
@@ -34,7 +35,6 @@ MAX_METADATA = 16 << 20   # one config or manifest held in memory
 MAX_HELD = 64 << 20       # all of them together (each entry counts a block at least)
 MAX_ENTRIES = 100000      # links, and layers, remembered
 MAX_PAX = 1 << 20         # one pax or GNU long-name header
-MAX_JSON_ITEMS = 1 << 20  # commas and brackets in one JSON file: bounds its parsed size
 MAX_IMAGES = 10000        # images in one manifest.json
 MAX_LAYER_REFS = 1 << 17  # layer paths in one manifest.json, all images together
 
@@ -409,8 +409,7 @@ def _hold(found, name, entry, first=b""):
 
 
 def _load_json(data, what):
-    # Parsed JSON can be 20 times its text ('[{},{},...]'): bound the number of values.
-    if data.count(b",") + data.count(b"[") + data.count(b"{") > MAX_JSON_ITEMS:
+    if too_many_values(data):
         raise DogestryError(f"{what} in the save stream has implausibly many JSON values")
     try:
         return json.loads(data)

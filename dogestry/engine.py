@@ -26,7 +26,8 @@ from urllib.parse import quote, urlencode, urlsplit
 
 from .digests import chain_ids, is_digest
 from .errors import EngineError, NotFound
-from .image import EngineImage, too_many_values
+from .image import EngineImage
+from .jsontext import too_many_values
 from .tlsfiles import check_default_ca_file, check_tls_file
 
 DEFAULT_HOST = "unix:///var/run/docker.sock"

@@ -14,12 +14,12 @@ import json
 
 from .digests import is_digest, sha256_digest
 from .errors import CorruptObject
+from .jsontext import too_many_values
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
 MAX_LAYERS = 1000  # far beyond any engine's limit (overlay2 stacks at most 128)
-MAX_JSON_VALUES = 1 << 20  # commas and brackets in one JSON document read from outside
 
 
 class LayerDescriptor:
@@ -67,14 +67,6 @@ class LayerDescriptor:
 def _size(value):
     # bool is an int in Python; a size of True is damage, not 1 byte.
     return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 1 << 50
-
-
-def too_many_values(data):
-    """True when JSON text (bytes) has more than MAX_JSON_VALUES values, counted before it is
-    parsed: parsed JSON can take 25 times the memory of its text ('[[],[],...]': 21 MiB
-    became 580 MiB). dockertar bounds what it parses the same way; so does every reader of
-    a config, share index or engine answer, whose text may be up to 64 MiB."""
-    return data.count(b",") + data.count(b"[") + data.count(b"{") > MAX_JSON_VALUES
 
 
 def parse_json(data, where, what):

@@ -43,7 +43,7 @@ from contextlib import contextmanager
 
 from .digests import is_digest
 from .errors import CorruptObject, DogestryError, NotFound, UsageError
-from .image import too_many_values
+from .jsontext import too_many_values
 from .refs import docker_hub_twin, parse_ref
 from .repo import image_key, image_keys, layer_descriptor_key, layer_key, lease_key, object_of_key, ref_body
 

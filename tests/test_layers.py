@@ -15,7 +15,7 @@ PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 LAYERS = [
     ("", 0),  # dogestry/__init__.py: the version
     ("errors", 0), ("digests", 0), ("refs", 0), ("records", 0), ("config", 0), ("compress", 0),
-    ("pipeline", 0), ("progress", 0), ("durations", 0), ("tlsfiles", 0),
+    ("pipeline", 0), ("progress", 0), ("durations", 0), ("tlsfiles", 0), ("jsontext", 0),
     ("backends", 1),
     ("image", 2), ("layerstore", 2), ("repo", 2), ("engine", 2), ("dockertar", 2),
     ("transfer", 3), ("pullthrough", 3), ("fleet", 3), ("sharing", 3), ("context", 3), ("serve", 3), ("operations", 3),

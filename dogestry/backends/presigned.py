@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 from urllib.parse import urlsplit
 
 from ..errors import NotFound, StorageError
+from ..jsontext import too_many_values
 from ..tlsfiles import check_default_ca_file
 from . import Backend, check_key, mask_url, too_large
 from .retry import TransientError, retrying, stall_timeout
@@ -24,7 +25,6 @@ SHARE_FORMAT = "dogestry-share"   # sharing.py writes what this reads
 SHARE_VERSION = 1
 TIMEOUT = 60
 MAX_INDEX = 64 << 20
-MAX_INDEX_VALUES = 1 << 20  # commas and brackets, as image.MAX_JSON_VALUES (a layer above this one)
 
 
 def _number(text):
@@ -208,7 +208,7 @@ class PresignedIndexBackend(Backend):
             data = _fetch(self.url, "cannot read the share index", self.stall, "the share index",
                           self.location(), MAX_INDEX)
             try:
-                if data.count(b",") + data.count(b"[") + data.count(b"{") > MAX_INDEX_VALUES:
+                if too_many_values(data):
                     raise ValueError  # parsed, 25 times its text: more than any index sharing.py writes
                 index = json.loads(data)
                 if not isinstance(index, dict) or index.get("format") != SHARE_FORMAT \
