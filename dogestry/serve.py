@@ -872,8 +872,10 @@ def parse_listen(text):
     if not m:
         raise UsageError(f"invalid --listen {text!r}: use HOST:PORT (e.g. 127.0.0.1:5000, [::1]:5000, 127.0.0.1:0)")
     host, port = (m.group(1), m.group(2)) if m.group(1) else (m.group(3), m.group(4))
-    if int(port) > 65535:
-        raise UsageError(f"invalid port {port} in --listen {text!r}")
+    # ASCII and short before int(): int() reads '５' (full-width) as 5, which no one means,
+    # and refuses more than 4,300 digits with a ValueError.
+    if not port.isascii() or len(port) > 5 or int(port) > 65535:
+        raise UsageError(f"invalid port {port[:80]!r} in --listen {text[:200]!r}")
     return host, int(port)
 
 

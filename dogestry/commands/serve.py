@@ -1,7 +1,5 @@
 """serve: a remote as a read-only OCI registry on loopback, for docker pull, skopeo, ctr."""
 
-from ..errors import UsageError
-
 SUMMARY = "serve a remote as a read-only OCI registry (docker pull, skopeo, ctr)"
 
 
@@ -14,8 +12,4 @@ def add_arguments(p):
 def run(ctx, args):
     from ..serve import serve  # http.server only for this command
 
-    # The port in ASCII digits: int() also reads '５０００' (full-width), which no one means.
-    port = args.listen.rpartition(":")[2]
-    if port.isdigit() and not port.isascii():
-        raise UsageError(f"serve: invalid port {port[:80]!r} in --listen; use HOST:PORT (e.g. 127.0.0.1:5000)")
     return serve(ctx, args.remote, args.listen)
