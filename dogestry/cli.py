@@ -13,7 +13,7 @@ import signal
 import sys
 
 from .commands import BY_NAME, GLOBAL_WITH_VALUE, build_parser, docker_hosts
-from .errors import DogestryError, UsageError
+from .errors import CONTROL_ESCAPES, DogestryError, UsageError
 
 
 def _command_word(argv):
@@ -192,7 +192,6 @@ def main(argv=None):
         return 1
 
 
-_CONTROL = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7f]} | {0x0a: "\\n", 0x0d: "\\r", 0x09: "\\t"}
 _PASSWORD = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://[^/@\s:]*):[^/@\s]*@")
 
 
@@ -201,7 +200,7 @@ def _one_line(text, limit=1000):
     control character (a path or name typed with one) is shown escaped, the password of any
     `scheme://user:password@` left in it is dropped, and one that quotes something huge (a
     4,000-character --lockfile path) is cut in the middle."""
-    text = _PASSWORD.sub(r"\1@", text).translate(_CONTROL)
+    text = _PASSWORD.sub(r"\1@", text).translate(CONTROL_ESCAPES)
     return text if len(text) <= limit else f"{text[:limit // 2]} ... {text[-limit // 2:]}"
 
 

@@ -4,6 +4,10 @@ Exit status follows the contract in dogestry(1): 1 for a failure (not found, ver
 engine or storage), 2 for a usage error.
 """
 
+# A newline, or any other control character, in something a message quotes (a path or
+# name typed with one) is shown escaped: an error stays the one line it promises.
+CONTROL_ESCAPES = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7f]} | {0x0a: "\\n", 0x0d: "\\r", 0x09: "\\t"}
+
 
 class DogestryError(Exception):
     """A failure the user can act on; str(err) is the one line we print."""

@@ -31,7 +31,7 @@ import time
 import weakref
 from urllib.parse import unquote, urlsplit
 
-from ..errors import CorruptObject, DogestryError, NotFound, StorageError, UsageError
+from ..errors import CONTROL_ESCAPES, CorruptObject, DogestryError, NotFound, StorageError, UsageError
 from . import Backend, ObjectInfo, check_key, unheld
 
 _CHUNK = 1 << 20
@@ -67,11 +67,8 @@ def _shown(path, limit=300):
     """A path fit for a one-line message: control characters (a newline typed into the
     repository path) escaped, bytes that are not UTF-8 as \\xff, and a very long one cut
     in the middle."""
-    text = path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace").translate(_CONTROL)
+    text = path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace").translate(CONTROL_ESCAPES)
     return text if len(text) <= limit else f"{text[:limit // 2]}...{text[-limit // 2:]}"
-
-
-_CONTROL = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7f]} | {0x0a: "\\n", 0x0d: "\\r", 0x09: "\\t"}
 
 
 def _kind(mode):
