@@ -1,0 +1,280 @@
+"""A fifth adversarial pass: many writers and interruptions at once (RELIABILITY.md, "Fifth
+adversarial pass").
+
+Each scenario runs the real CLI (bin/dogestry) in several processes against a real local
+directory and SeaweedFS (strict S3), with the real engine d20 for pushes and pulls, and
+then checks the repository's invariants, not any interleaving:
+
+- every ref names a complete image (verify, and check_repository reading every object);
+- a command that exited 0 having written a ref left that ref in place (the refs such
+  commands write are names nobody removes);
+- gc removed nothing a ref reaches (the same checks) nor what a running push needed (the
+  push ended with a whole image);
+- nothing partial under a final name, no temporary or lease left by a command that ended;
+- every failure is one line `dogestry: ...`, exit 1, no traceback; no run hangs (each is
+  bounded by a timeout that fails the test).
+
+Schedules are seeded, so a failure replays. DOGESTRY_CHAOS_SCALE (default 1) multiplies
+the seeds and the steps for deeper hunts by hand.
+"""
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+
+import pytest
+
+from conftest import BIN, S3Server, TestEngine, ENGINES
+from test_reliability import LocalStore, S3Store, check_repository
+
+SCALE = max(1, int(os.environ.get("DOGESTRY_CHAOS_SCALE", "1") or "1"))
+TIMEOUT = 240  # seconds for any one command: a run that takes longer is a hang, and fails the test
+
+
+def run(args, env, timeout=TIMEOUT, input=None):
+    """bin/dogestry ARGS, bounded: a TimeoutExpired fails the test (after killing the run)."""
+    try:
+        return subprocess.run([sys.executable, BIN, *args], env=env, capture_output=True, timeout=timeout,
+                              input=input)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"dogestry {' '.join(args)} did not end within {timeout}s")
+
+
+def failure_is_one_line(proc, what):
+    """A failed run: exit 1, one `dogestry: ` line, no internal error. A run that ended 0 passes."""
+    if proc.returncode == 0:
+        return
+    err = proc.stderr.decode("utf-8", "replace")
+    assert proc.returncode == 1, f"{what}: exit {proc.returncode}: {err}"
+    assert "internal error" not in err and "Traceback" not in err, f"{what}: {err}"
+    assert err.startswith("dogestry: ") and err.count("\n") == 1, f"{what}: {err}"
+
+
+# -- images and remotes -----------------------------------------------------------------
+
+class Images:
+    """Small images on d20 sharing layers: base < a < b, base < c, base < p (p is the one pulled)."""
+
+    def __init__(self, engine):
+        self.engine = engine
+        self.u = uuid.uuid4().hex[:8]
+        u = self.u
+        engine.import_base(f"t{u}/base:1")
+        engine.build(f"t{u}/a:1", f"t{u}/base:1", {"a.txt": f"a {u}\n"})
+        engine.build(f"t{u}/b:1", f"t{u}/a:1", {"b.txt": f"b {u}\n"}, run="echo b > /rb.txt")
+        engine.build(f"t{u}/c:1", f"t{u}/base:1", {"c.txt": f"c {u}\n"}, run="echo c > /rc.txt")
+        engine.build(f"t{u}/p:1", f"t{u}/base:1", {"p.txt": f"p {u}\n"}, big=300_000)
+        self.names = {k: f"t{u}/{k}:1" for k in "abcp"}
+        self.ids = {k: engine.inspect(name)["Id"] for k, name in self.names.items()}
+        self.pull_lock = threading.Lock()
+
+
+@pytest.fixture(scope="module")
+def imgs():
+    if "d20" not in ENGINES:
+        pytest.fail("engine d20 is not configured: run the tests with scripts/test")
+    eng = TestEngine("d20", ENGINES["d20"])
+    yield Images(eng)
+    eng.cleanup()
+
+
+class Remote:
+    """A repository under test: its URL, the environment to reach it, and an independent reader."""
+
+    def __init__(self, kind, tmp_path, engine_env):
+        self.kind = kind
+        if kind == "local":
+            self.store = LocalStore(tmp_path / f"repo-{uuid.uuid4().hex[:6]}")
+            self.env = dict(engine_env)
+        else:
+            server = S3Server("seaweed")
+            self.store = S3Store(server)
+            self.env = server.env(engine_env)
+        self.url = self.store.url
+
+    def keys(self):
+        return self.store.keys()
+
+    def refs(self):
+        """{ref key: image id} read independently of dogestry."""
+        return {k: self.store.get(k).decode().strip() for k in self.keys() if k.startswith("repositories/")}
+
+    def leases(self):
+        return [k for k in self.keys() if k.startswith("leases/")]
+
+
+def ref_key(name_tag):
+    name, tag = name_tag.rsplit(":", 1)
+    return f"repositories/{name}/_tags/{tag}"
+
+
+def invariants(remote, expected=(), ended=True):
+    """verify and an independent read of every object; `expected`: {name:tag: image id} that
+    must be in place. With ended (no process of ours still runs, none was killed): no lease
+    and no temporary is left."""
+    proc = run(["verify", remote.url], remote.env)
+    assert proc.returncode == 0, f"verify: {proc.stdout.decode()}{proc.stderr.decode()}"
+    check_repository(remote.store)
+    refs = remote.refs()
+    for name, image_id in dict(expected).items():
+        assert refs.get(ref_key(name)) == image_id, f"{name}: a command wrote it and ended 0, now {refs.get(ref_key(name))}"
+    if ended:
+        assert remote.leases() == [], remote.leases()
+        assert remote.store.temporaries() == [], remote.store.temporaries()
+    return refs
+
+
+def seeded(seeds):
+    """The CI seeds, and SCALE times as many for a hunt by hand."""
+    return list(seeds) + [1000 + i for i in range(len(seeds) * (SCALE - 1))]
+
+
+# -- 1. a seeded random schedule of racing commands ----------------------------------------
+
+class Schedule:
+    """Workers running seeded random commands against R (and R2 for sync-objects), at once.
+
+    Name spaces keep the end state checkable whatever the interleaving: `pin` refs (p, and
+    the images the schedule starts from) are never removed; `keep` refs are written once
+    each by one command (tag, update-ref, push of a fresh engine tag) and never removed, so
+    every one whose command ended 0 must end in place; `churn` refs are tagged and untagged
+    (one by one and by --keep-last) at random; the pushed a/b/c refs are untagged too.
+    """
+
+    def __init__(self, imgs, remote, mirror, seed, lock, steps, workdir):
+        self.imgs, self.remote, self.mirror = imgs, remote, mirror
+        self.rng_seed, self.lock, self.steps = seed, lock, steps
+        self.u = imgs.u
+        self.lockfile = os.path.join(workdir, "chaos.lock") if lock else None
+        self.kept = {}  # name:tag -> image id, for keep refs whose command ended 0
+        self.mirrored = {}  # the same, in the mirror
+        self.results = []
+        self.guard = threading.Lock()
+        self.failures = []
+
+    def locked(self, args):
+        return args + ["--lockfile", self.lockfile] if self.lockfile else args
+
+    def record(self, what, proc):
+        with self.guard:
+            self.results.append((what, proc.returncode))
+        failure_is_one_line(proc, what)
+
+    def must_succeed(self, what, proc):
+        self.record(what, proc)
+        assert proc.returncode == 0, f"{what}: {proc.stderr.decode()}"
+
+    def step(self, rng, w, s):
+        u, r, env = self.u, self.remote, self.remote.env
+        ids, names = self.imgs.ids, self.imgs.names
+        op = rng.choice(["push", "push", "tag", "tag", "untag", "keep-last", "gc", "gc", "update-ref", "sync",
+                         "pull"])
+        if op == "push":
+            which = rng.sample("abc", rng.randint(1, 2))
+            # a fresh engine tag for one of them: a keep ref the push must leave in place
+            fresh = f"t{u}/keep:push-w{w}s{s}"
+            self.imgs.engine.api.tag(names[which[0]], f"t{u}/keep", f"push-w{w}s{s}")
+            proc = run(self.locked(["push", r.url, fresh, *(names[k] for k in which)]), env)
+            self.imgs.engine.api.remove_image(fresh)
+            self.record(f"push {which}", proc)
+            if proc.returncode == 0:
+                self.kept[fresh] = ids[which[0]]
+        elif op == "tag":
+            k = rng.choice("abcp")
+            target = f"t{u}/keep:tag-w{w}s{s}" if rng.random() < 0.5 else f"t{u}/churn{w}:s{s}"
+            proc = run(["tag", r.url, ids[k], target], env)
+            if k == "p":
+                self.must_succeed("tag of the pinned image", proc)  # a ref reaches it: gc never removes it
+            self.record(f"tag {k} {target}", proc)
+            if proc.returncode == 0 and "keep:" in target:
+                self.kept[target] = ids[k]
+        elif op == "untag":
+            victim = rng.choice([names[k] for k in "abc"] + [f"t{u}/churn{rng.randrange(4)}:s{rng.randrange(s + 1)}"])
+            self.record(f"untag {victim}", run(self.locked(["untag", r.url, victim]), env))
+        elif op == "keep-last":
+            self.record("untag --keep-last", run(self.locked(["untag", r.url, "--keep-last", "1", f"t{u}/churn*"]), env))
+        elif op == "gc":
+            self.record("gc", run(self.locked(["gc", "--grace", "0", r.url]), env))
+        elif op == "update-ref":
+            # update-ref takes no lease: only a ref to an image another ref reaches is promised
+            # complete beside a gc, unless both run under one lock (dogestry-repository(5)).
+            k = rng.choice("abcp") if self.lock else "p"
+            target = f"t{u}/keep:upd-w{w}s{s}"
+            args = ["update-ref", r.url, target, ids[k]]
+            if self.lock:
+                proc = subprocess.run(["flock", "-w", str(TIMEOUT), self.lockfile, sys.executable, BIN, *args],
+                                      env=env, capture_output=True, timeout=TIMEOUT + 10)
+            else:
+                proc = run(args, env)
+            if k == "p":
+                self.must_succeed("update-ref to the pinned image", proc)
+            self.record(f"update-ref {k}", proc)
+            if proc.returncode == 0:
+                self.kept[target] = ids[k]
+        elif op == "sync":
+            k = rng.choice("abcp")
+            proc = run(["sync-objects", "--image", ids[k], r.url, self.mirror.url], env)
+            if k == "p":
+                self.must_succeed("sync-objects of the pinned image", proc)
+            self.record(f"sync {k}", proc)
+            if proc.returncode == 0:
+                target = f"t{u}/keep:sync-w{w}s{s}"
+                self.must_succeed("update-ref in the mirror", run(["update-ref", self.mirror.url, target, ids[k]],
+                                                                  self.mirror.env))
+                self.mirrored[target] = ids[k]
+        elif op == "pull":
+            with self.imgs.pull_lock:  # one pull at a time: each removes p from the engine first
+                self.imgs.engine.rmi(names["p"])
+                self.must_succeed("pull of the pinned image",
+                                  run(self.locked(["pull", r.url, names["p"]]), env))
+                assert self.imgs.engine.inspect(names["p"])["Id"] == ids["p"]
+
+    def worker(self, w):
+        rng = random.Random(f"{self.rng_seed}/{w}")
+        try:
+            for s in range(self.steps):
+                self.step(rng, w, s)
+        except BaseException as err:  # noqa: BLE001  (reported by the test thread)
+            self.failures.append(f"worker {w}: {err!r}"[:2000])
+
+    def run(self, workers=4):
+        threads = [threading.Thread(target=self.worker, args=(w,)) for w in range(workers)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not self.failures, self.failures
+
+
+SCHEDULES = [("local", 11, True), ("local", 12, False), ("seaweed", 13, False)]
+
+
+@pytest.mark.parametrize("kind,seed,lock", [(k, s, lk) for k, s0, lk in SCHEDULES for s in seeded([s0])])
+def test_a_random_schedule_of_racing_commands_keeps_every_invariant(imgs, tmp_path, kind, seed, lock):
+    env = imgs.engine.env()
+    r, mirror = Remote(kind, tmp_path, env), Remote(kind, tmp_path, env)
+    u = imgs.u
+    # Start from the images pushed and p pinned.
+    assert run(["push", r.url, *imgs.names.values()], r.env).returncode == 0
+    assert run(["sync-objects", "--image", imgs.ids["p"], r.url, mirror.url], r.env).returncode == 0
+    assert run(["update-ref", mirror.url, imgs.names["p"], imgs.ids["p"]], r.env).returncode == 0
+    sched = Schedule(imgs, r, mirror, seed, lock, steps=6 * SCALE, workdir=str(tmp_path))
+    sched.run(workers=4)
+    refs = invariants(r, {imgs.names["p"]: imgs.ids["p"], **sched.kept})
+    invariants(mirror, {imgs.names["p"]: imgs.ids["p"], **sched.mirrored})
+    # Quiet now: one more gc removes everything unreachable, and what is left is whole.
+    assert run(["gc", "--grace", "0", r.url], r.env).returncode == 0
+    assert invariants(r, {imgs.names["p"]: imgs.ids["p"], **sched.kept}) == refs
+    proc = run(["verify", "--all", r.url], r.env)
+    assert proc.returncode == 0, proc.stdout.decode()
+    ops = sorted({what.split()[0] for what, _ in sched.results})
+    print(f"seed {seed} {kind} lock={lock}: {len(sched.results)} commands, "
+          f"{sum(rc == 0 for _, rc in sched.results)} ended 0, ops {ops}, keep refs {len(sched.kept)}")
