@@ -278,3 +278,111 @@ def test_a_random_schedule_of_racing_commands_keeps_every_invariant(imgs, tmp_pa
     ops = sorted({what.split()[0] for what, _ in sched.results})
     print(f"seed {seed} {kind} lock={lock}: {len(sched.results)} commands, "
           f"{sum(rc == 0 for _, rc in sched.results)} ended 0, ops {ops}, keep refs {len(sched.kept)}")
+
+
+# -- 2. kill -9 anywhere, while another process pushes -------------------------------------
+
+# Storage operations to die at (dogestry/backends/crashpoint.py), per command; a point the
+# run never reaches lets it end normally. Half the cases are killed after a seeded delay instead.
+KILL_POINTS = {
+    "tag": ["put:leases/*:1", "before-put:repositories/*", "put:repositories/*", "before-delete:leases/*"],
+    "untag": ["before-delete:repositories/*", "delete:repositories/*"],
+    "keep-last": ["before-delete:repositories/*:1", "delete:repositories/*:1", "delete:repositories/*:2"],
+    "update-ref": ["before-put:repositories/*", "put:repositories/*"],
+    "sync-objects": ["write:layers/sha256/*:1", "before-commit:layers/sha256/*:1", "commit:layers/sha256/*:1",
+                     "put_file:layers/sha256/*:1", "put:layers/sha256/*.json:1", "before-put:configs/*",
+                     "put:configs/*", "before-put:images/*"],
+    "share": ["put:leases/*:1", "before-put:shares/*", "put:shares/*"],
+    "gc": ["put:leases/gc-*", "before-delete:images/*", "delete:configs/*:1", "delete:layers/sha256/*.json:1",
+           "delete:layers/sha256/*:2", "before-delete:leases/*"],
+}
+
+
+def killed(args, env, rng):
+    """Run args and kill -9 it at a seeded storage operation or after a seeded delay; the
+    CompletedProcess (returncode -9 when the kill came first) and how it was killed."""
+    command = "keep-last" if "--keep-last" in args else args[0]
+    if rng.random() < 0.5:
+        how = rng.choice(KILL_POINTS[command])
+        return run(args, dict(env, DOGESTRY_TEST_CRASH=how)), how
+    delay = rng.uniform(0.05, 1.5)
+    proc = subprocess.Popen([sys.executable, BIN, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        proc.wait(timeout=delay)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGKILL)
+    try:
+        out, err = proc.communicate(timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail(f"dogestry {' '.join(args)} did not end within {TIMEOUT}s of its kill")
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err), f"after {delay:.2f}s"
+
+
+def kill_case(imgs, r, mirror, rng, n):
+    """One case: a push in another process; one command killed; invariants; then a retry."""
+    u, ids, names, env = imgs.u, imgs.ids, imgs.names, r.env
+    commands = ["tag", "untag", "keep-last", "update-ref", "sync-objects", "gc"] + (["share"] * (r.kind != "local"))
+    command = rng.choice(commands)
+    k = rng.choice("abc")
+    churn = f"t{u}/churn:c{n}"
+    # What the command works on, and something for gc to remove: the image the push pushes
+    # is untagged first, so gc and the push race over its objects.
+    assert run(["tag", r.url, ids[k], churn], env).returncode == 0
+    assert run(["tag", r.url, ids[k], f"t{u}/churn:d{n}"], env).returncode == 0
+    pushed = rng.choice("abc")
+    untagged = run(["untag", r.url, names[pushed]], env)
+    failure_is_one_line(untagged, "untag before the case")
+    target = f"t{u}/keep:{command}-{n}"
+    args = {"tag": ["tag", r.url, ids[k], target],
+            "untag": ["untag", r.url, churn],
+            "keep-last": ["untag", r.url, "--keep-last", "1", f"t{u}/churn"],
+            "update-ref": ["update-ref", r.url, target, ids["p"]],
+            "sync-objects": ["sync-objects", "--image", ids[k], r.url, mirror.url],
+            "share": ["share", r.url, ids[k], "--expires", "1h"],
+            "gc": ["gc", "--grace", "0", r.url]}[command]
+    push = {}
+    pusher = threading.Thread(target=lambda: push.update(proc=run(["push", r.url, names[pushed]], env)))
+    pusher.start()
+    proc, how = killed(args, env, rng)
+    pusher.join()
+    what = f"case {n}: {' '.join(args)} killed at {how}"
+    assert push["proc"].returncode == 0, f"{what}: the push beside it: {push['proc'].stderr.decode()}"
+    if proc.returncode != -signal.SIGKILL:
+        failure_is_one_line(proc, what)
+    expected = {names[pushed]: ids[pushed], names["p"]: ids["p"]}
+    refs = invariants(r, expected, ended=False)
+    if command in ("tag", "update-ref"):
+        assert refs.get(ref_key(target)) in (None, ids[k] if command == "tag" else ids["p"]), what
+    # The retry succeeds; an untag whose ref the killed run already removed says so instead.
+    if command == "untag" and ref_key(churn) not in refs:
+        retry = run(args, env)
+        assert retry.returncode == 1 and b"not found" in retry.stderr, (what, retry.stderr)
+    else:
+        retry = run(args, env)
+        assert retry.returncode == 0, f"{what}: the retry: {retry.stderr.decode()}"
+    if command in ("tag", "update-ref"):
+        expected[target] = ids[k] if command == "tag" else ids["p"]
+    if command == "sync-objects":
+        invariants(mirror, ended=False)
+        assert run(["update-ref", mirror.url, target, ids[k]], mirror.env).returncode == 0
+    if command == "share":
+        shared = run(["verify", retry.stdout.decode().strip()], env)
+        assert shared.returncode == 0, (what, shared.stdout, shared.stderr)
+    invariants(r, expected, ended=False)
+    return proc.returncode == -signal.SIGKILL
+
+
+@pytest.mark.parametrize("kind,seed", [(k, s) for k, s0 in (("local", 21), ("seaweed", 22)) for s in seeded([s0])])
+def test_commands_killed_anywhere_beside_a_push_leave_every_invariant(imgs, tmp_path, kind, seed):
+    env = imgs.engine.env()
+    r, mirror = Remote(kind, tmp_path, env), Remote(kind, tmp_path, env)
+    assert run(["push", r.url, *imgs.names.values()], r.env).returncode == 0
+    rng = random.Random(seed)
+    kills = sum(kill_case(imgs, r, mirror, rng, n) for n in range(6 * SCALE))
+    # Leftovers of the killed runs (leases of dead processes, temporaries) stop nothing: the
+    # next gc collects, and what stays is whole.
+    assert run(["gc", "--grace", "0", r.url], r.env).returncode == 0
+    invariants(r, {imgs.names["p"]: imgs.ids["p"]}, ended=False)
+    assert kills >= SCALE, f"only {kills} of the runs were killed"
+    print(f"seed {seed} {kind}: {6 * SCALE} cases, {kills} killed")
