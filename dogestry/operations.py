@@ -629,8 +629,10 @@ def gc(ctx, repo, grace, dry_run=False, parallel=8):
         kept_records = [object_of_key(k)[1] for k in young | leased if infos[k][0] == "image"]
         keep = rooted | young | leased | reach.keys_of(kept_records, strict=False) | _announced(reach, leases)
         candidates = set(objects) - _pairs(keep)
-        # A ref written meanwhile by a writer without a lease (update-ref) keeps its objects.
-        candidates -= _pairs(reach.of_refs())
+        # A ref written meanwhile by a writer without a lease (update-ref) keeps its objects;
+        # so does a share index written meanwhile (its writer's lease may be gone already:
+        # it ends once the index is written).
+        candidates -= _pairs(reach.of_refs() | _share_roots(repo, now))
         for kind in DELETE_ORDER:
             # Right before each batch: a push may have started, or announced the images it is
             # about to point refs at, since the last look (the protocol needs one look after

@@ -386,3 +386,52 @@ def test_commands_killed_anywhere_beside_a_push_leave_every_invariant(imgs, tmp_
     invariants(r, {imgs.names["p"]: imgs.ids["p"]}, ended=False)
     assert kills >= SCALE, f"only {kills} of the runs were killed"
     print(f"seed {seed} {kind}: {6 * SCALE} cases, {kills} killed")
+
+
+# -- writers that held no lease: sync-objects into a mirror, share --------------------------
+
+def test_gc_of_a_mirror_keeps_what_a_running_sync_objects_wrote(imgs, tmp_path):
+    """sync-objects is a writer of the destination: held after it published the layers and
+    before the config and image record, a `gc --grace 0` of the destination must keep them,
+    or the sync ends 0 with an image record whose layers are gone."""
+    from test_operations import Paused
+
+    env = imgs.engine.env()
+    for kind in ("local", "seaweed"):
+        r, mirror = Remote(kind, tmp_path, env), Remote(kind, tmp_path, env)
+        assert run(["push", r.url, imgs.names["b"], imgs.names["p"]], r.env).returncode == 0
+        assert run(["sync-objects", "--image", imgs.ids["p"], r.url, mirror.url], r.env).returncode == 0
+        sync = Paused(r, tmp_path, "put:configs/*:1", "sync-objects", mirror.url, "--image", imgs.ids["b"])
+        assert sync.reached(), sync.finish()
+        gc = run(["gc", "--grace", "0", mirror.url], mirror.env)
+        assert gc.returncode == 0, gc.stderr
+        rc, _, err = sync.finish()
+        assert rc == 0, err
+        assert run(["update-ref", mirror.url, imgs.names["b"], imgs.ids["b"]], mirror.env).returncode == 0
+        invariants(mirror, {imgs.names["b"]: imgs.ids["b"]})
+
+
+def test_a_share_written_beside_a_gc_hands_out_only_objects_that_stay(imgs, tmp_path):
+    """share of an image no ref reaches (by id), held right before it writes its index while
+    a whole `gc --grace 0` runs: the URL it prints must work, so the gc keeps the image or
+    the share fails with one line."""
+    from test_operations import Paused
+
+    env = imgs.engine.env()
+    r = Remote("seaweed", tmp_path, env)
+    assert run(["push", r.url, imgs.names["c"], imgs.names["p"]], r.env).returncode == 0
+    assert run(["untag", r.url, imgs.names["c"]], r.env).returncode == 0
+    share = Paused(r, tmp_path, "put:shares/*:1", "share", imgs.ids["c"], "--expires", "1h")
+    assert share.reached(), share.finish()
+    gc = run(["gc", "--grace", "0", r.url], r.env)
+    assert gc.returncode == 0, gc.stderr
+    rc, out, err = share.finish()
+    if rc == 0:
+        shared = run(["verify", out.strip()], env)
+        assert shared.returncode == 0, f"share ended 0 but its URL fails: {shared.stdout.decode()}{shared.stderr.decode()}"
+        # and a gc now keeps what the index hands out
+        assert run(["gc", "--grace", "0", r.url], r.env).returncode == 0
+        assert run(["verify", out.strip()], env).returncode == 0
+    else:
+        failure_is_one_line(subprocess.CompletedProcess([], rc, b"", err.encode()), "share")
+    invariants(r, {imgs.names["p"]: imgs.ids["p"]}, ended=True)
