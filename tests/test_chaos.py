@@ -435,3 +435,60 @@ def test_a_share_written_beside_a_gc_hands_out_only_objects_that_stay(imgs, tmp_
     else:
         failure_is_one_line(subprocess.CompletedProcess([], rc, b"", err.encode()), "share")
     invariants(r, {imgs.names["p"]: imgs.ids["p"]}, ended=True)
+
+
+# -- 5. two installs of different codecs writing one repository at once ---------------------
+
+@pytest.fixture(scope="module")
+def codec_configs(tmp_path_factory):
+    where = tmp_path_factory.mktemp("codecs")
+    (where / "lz4.cfg").write_text("# the default codec: lz4\n")
+    (where / "none.cfg").write_text("[compressor]\n  lz4 = false\n")
+    return {"lz4": str(where / "lz4.cfg"), "none": str(where / "none.cfg")}
+
+
+def _read_all(r, image_id, env):
+    """build-load-tar of the image, every layer read and verified (to /dev/null)."""
+    with open(os.devnull, "wb") as sink:
+        proc = subprocess.run([sys.executable, BIN, "build-load-tar", r.url, image_id], env=env, stdout=sink,
+                              stderr=subprocess.PIPE, timeout=TIMEOUT)
+    return proc
+
+
+@pytest.mark.parametrize("kind,seed", [(k, s) for k, s0 in (("local", 51), ("seaweed", 52)) for s in seeded([s0])])
+def test_two_codecs_pushing_shared_layers_at_once_leave_every_layer_readable(imgs, codec_configs, tmp_path, kind,
+                                                                             seed):
+    rng = random.Random(seed)
+    env = imgs.engine.env()
+    for round_ in range(2):
+        r = Remote(kind, tmp_path, env)
+        # Each install pushes a seeded pick of images; the picks overlap, and every pick
+        # shares the base layer, so the two race over layers in both codecs.
+        picks = {codec: rng.sample("abcp", 3) for codec in ("lz4", "none")}
+        procs = [subprocess.Popen([sys.executable, BIN, "push", r.url, *(imgs.names[k] for k in pick)],
+                                  env=dict(r.env, DOGESTRY_CONFIG=codec_configs[codec]),
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                 for codec, pick in sorted(picks.items(), key=lambda _: rng.random())]
+        # Readers meanwhile: whatever they find under a ref reads whole, whichever codec won.
+        while any(p.poll() is None for p in procs):
+            k = rng.choice("abcp")
+            proc = _read_all(r, imgs.names[k], dict(r.env, DOGESTRY_CONFIG=codec_configs[rng.choice(["lz4", "none"])]))
+            failure_is_one_line(proc, f"build-load-tar {k} during the pushes")
+            # (before a push wrote the ref, or the directory: not there yet)
+            assert proc.returncode == 0 or b"not found" in proc.stderr or b"no repository" in proc.stderr, proc.stderr
+        for p in procs:
+            _, err = p.communicate(timeout=TIMEOUT)
+            assert p.returncode == 0, err.decode()
+        pushed = {k for pick in picks.values() for k in pick}
+        invariants(r, {imgs.names[k]: imgs.ids[k] for k in pushed})
+        for k in sorted(pushed):
+            proc = _read_all(r, imgs.ids[k], r.env)
+            assert proc.returncode == 0, proc.stderr
+        codecs = {json.loads(r.store.get(key))["codec"] for key in r.keys()
+                  if key.startswith("layers/") and key.endswith(".json")}
+        print(f"seed {seed} {kind} round {round_}: {picks}, codecs stored {sorted(codecs)}")
+        if "p" in pushed:
+            with imgs.pull_lock:
+                imgs.engine.rmi(imgs.names["p"])
+                assert run(["pull", r.url, imgs.names["p"]], r.env).returncode == 0
+                assert imgs.engine.run(imgs.names["p"], "cat", "/p.txt") == f"p {imgs.u}\n"
