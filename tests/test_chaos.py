@@ -492,3 +492,180 @@ def test_two_codecs_pushing_shared_layers_at_once_leave_every_layer_readable(img
                 imgs.engine.rmi(imgs.names["p"])
                 assert run(["pull", r.url, imgs.names["p"]], r.env).returncode == 0
                 assert imgs.engine.run(imgs.names["p"], "cat", "/p.txt") == f"p {imgs.u}\n"
+
+
+# -- 3. full disks -----------------------------------------------------------------------
+
+def fill(mnt, leave=0):
+    """Fill the tmpfs at mnt until `leave` bytes (about) stay free; returns the filler paths."""
+    paths = [os.path.join(mnt, "fill"), os.path.join(mnt, "fill-small")]
+    subprocess.run(["dd", "if=/dev/zero", f"of={paths[0]}", "bs=64k"], capture_output=True)
+    subprocess.run(["dd", "if=/dev/zero", f"of={paths[1]}", "bs=1k"], capture_output=True)
+    subprocess.run(["dd", "if=/dev/zero", f"of={paths[1]}-b", "bs=1", "count=100000"], capture_output=True)
+    paths.append(paths[1] + "-b")
+    if leave:
+        with open(paths[0], "r+b") as f:
+            f.truncate(max(0, os.path.getsize(paths[0]) - leave))
+    return paths
+
+
+def test_update_ref_sync_objects_and_gc_on_a_full_disk(imgs, tmp_path):
+    """A full remote: update-ref fails in one line and writes no ref; sync-objects into a
+    mirror too small for its layers fails in one line leaving no partial object, lease or
+    temporary; gc on a disk full to the last byte cannot write its lease (one line, nothing
+    removed), and with one block free deletes what it should: deleting needs no space."""
+    from test_hostile_fourth import tmpfs
+
+    env = imgs.engine.env()
+    src = Remote("local", tmp_path, env)
+    assert run(["push", src.url, imgs.names["a"], imgs.names["c"], imgs.names["p"]], env).returncode == 0
+    with tmpfs("8m") as mnt:
+        r = Remote("local", tmp_path, env)
+        r.store = LocalStore(os.path.join(mnt, "r"))
+        r.url = r.store.url
+        subprocess.run(["cp", "-a", src.store.root, r.store.root], check=True)
+        assert run(["untag", r.url, imgs.names["c"]], env).returncode == 0
+        fillers = fill(mnt)
+        before = sorted(r.keys())
+        err = run(["update-ref", r.url, f"t{imgs.u}/full:1", imgs.ids["a"]], env)
+        failure_is_one_line(err, "update-ref on a full disk")
+        assert err.returncode == 1 and b"no space left" in err.stderr, err.stderr
+        gc = run(["gc", "--grace", "0", r.url], env)
+        failure_is_one_line(gc, "gc on a full disk")
+        assert sorted(r.keys()) == before
+        invariants(r, {imgs.names["a"]: imgs.ids["a"], imgs.names["p"]: imgs.ids["p"]})
+        with open(fillers[0], "r+b") as f:  # 64 KB: room for a lease, and no more
+            f.truncate(os.path.getsize(fillers[0]) - 65536)
+        gc = run(["gc", "--grace", "0", r.url], env)
+        assert gc.returncode == 0 and b"removed 0 object" not in gc.stdout, gc
+        invariants(r, {imgs.names["a"]: imgs.ids["a"], imgs.names["p"]: imgs.ids["p"]})
+        assert run(["update-ref", r.url, f"t{imgs.u}/full:1", imgs.ids["a"]], env).returncode == 0
+    with tmpfs("256k") as mnt:
+        mirror = Remote("local", tmp_path, env)
+        mirror.store = LocalStore(os.path.join(mnt, "m"))
+        mirror.url = mirror.store.url
+        proc = run(["sync-objects", "--image", imgs.ids["p"], src.url, mirror.url], env)
+        failure_is_one_line(proc, "sync-objects into a full mirror")
+        assert proc.returncode == 1 and b"no space left" in proc.stderr, proc.stderr
+        # nothing partial under a final name, no lease, no temporary
+        check_repository(mirror.store)
+        assert mirror.leases() == [] and mirror.store.temporaries() == []
+
+
+def test_a_push_racing_a_gc_on_a_nearly_full_disk(imgs, tmp_path):
+    """A push racing a `gc --grace 0` on a disk with 150 KB left: of an image it must store
+    (300 KB: it needs what the gc frees), and of an untagged image whose objects are all there
+    (it needs room only for its lease and ref, while the gc deletes those objects). Each
+    ends whole or fails in one line, and the repository keeps every invariant."""
+    from test_hostile_fourth import tmpfs
+
+    env = imgs.engine.env()
+    src = Remote("local", tmp_path, env)
+    assert run(["push", src.url, imgs.names["a"], imgs.names["c"], imgs.names["p"]], env).returncode == 0
+    for attempt, (untagged, pushed) in enumerate([("c", "p"), ("p", "p"), ("c", "p"), ("p", "p")]):
+        with tmpfs("8m") as mnt:
+            r = Remote("local", tmp_path, env)
+            r.store = LocalStore(os.path.join(mnt, "r"))
+            r.url = r.store.url
+            subprocess.run(["cp", "-a", src.store.root, r.store.root], check=True)
+            assert run(["untag", r.url, imgs.names[untagged]], env).returncode == 0
+            if untagged != "p":
+                assert run(["untag", r.url, imgs.names["p"]], env).returncode == 0
+                assert run(["gc", "--grace", "0", r.url], env).returncode == 0
+            fill(mnt, leave=150_000)
+            commands = [["push", r.url, imgs.names[pushed]], ["gc", "--grace", "0", r.url]]
+            procs = [subprocess.Popen([sys.executable, BIN, *args], env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE) for args in commands[::1 - 2 * (attempt % 2)]]
+            results = []
+            for p in procs:
+                out, err = p.communicate(timeout=TIMEOUT)
+                results.append(subprocess.CompletedProcess(p.args, p.returncode, out, err))
+                failure_is_one_line(results[-1], " ".join(p.args[2:4]))
+            expected = {imgs.names["a"]: imgs.ids["a"]}
+            if any(res.returncode == 0 and "push" in res.args for res in results):
+                expected[imgs.names[pushed]] = imgs.ids[pushed]
+            refs = invariants(r, expected)
+            assert ref_key(imgs.names[pushed]) not in refs or imgs.names[pushed] in expected
+            print(f"attempt {attempt}: " + ", ".join(f"{res.args[2]} exit {res.returncode}" for res in results))
+
+
+def test_commands_with_their_temp_dir_on_a_full_disk(imgs, tmp_path):
+    """TMPDIR and DOGESTRY_TEMP_DIR on a 64 KB tmpfs, full: tag, untag, update-ref, gc and
+    sync-objects into S3 need no spool there (they succeed); a push to S3 from d20 (which spools
+    layers) fails in one line naming the spool, beside a gc, and leaves every invariant."""
+    from test_hostile_fourth import tmpfs
+
+    env = imgs.engine.env()
+    src = Remote("local", tmp_path, env)
+    assert run(["push", src.url, imgs.names["a"], imgs.names["p"]], env).returncode == 0
+    r = Remote("seaweed", tmp_path, env)
+    with tmpfs("64k") as tmp:
+        fill(tmp)
+        tenv = dict(r.env, TMPDIR=tmp, DOGESTRY_TEMP_DIR=tmp)
+        for args in (["sync-objects", "--image", imgs.ids["a"], src.url, r.url],
+                     ["update-ref", r.url, imgs.names["a"], imgs.ids["a"]],
+                     ["tag", r.url, imgs.ids["a"], f"t{imgs.u}/t:1"],
+                     ["untag", r.url, imgs.names["a"]],
+                     ["gc", "--grace", "0", r.url]):
+            proc = run(args, tenv)
+            assert proc.returncode == 0, f"{args[0]}: {proc.stderr.decode()}"
+        procs = [subprocess.Popen([sys.executable, BIN, *args], env=tenv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                 for args in (["push", r.url, imgs.names["c"]], ["gc", "--grace", "0", r.url])]
+        results = [(p, *p.communicate(timeout=TIMEOUT)) for p in procs]
+        push, gc = results
+        failure_is_one_line(subprocess.CompletedProcess([], push[0].returncode, push[1], push[2]), "push")
+        assert gc[0].returncode == 0, gc[2]
+        assert push[0].returncode == 1 and b"no space left" in push[2], push[2]
+        assert os.listdir(tmp) == ["fill", "fill-small", "fill-small-b"] or sorted(os.listdir(tmp)) == sorted(
+            ["fill", "fill-small", "fill-small-b"]), os.listdir(tmp)
+    invariants(r, {f"t{imgs.u}/t:1": imgs.ids["a"]})
+
+
+def test_an_s3_answer_whose_body_stalls_after_a_write_is_one_line(imgs, tmp_path):
+    """What the full temp dir above first showed (SeaweedFS answered one PUT late): a store
+    that sends an answer's headers to a write, then stalls in its body. botocore reads such a
+    body outside its own error translation, so urllib3's ReadTimeoutError came through as an
+    internal error; it is a stall like any other: retried, then one line within the stall
+    timeout."""
+    import http.server
+
+    from conftest import http_peer
+
+    class Stalling(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def _missing(self):
+            body = b"<Error><Code>NoSuchKey</Code><Message>no</Message></Error>"
+            self.send_response(404)
+            self.send_header("Content-Type", "application/xml")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+
+        do_GET = do_HEAD = _missing
+
+        def do_PUT(self):
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self.send_response(200)
+            self.send_header("Content-Length", "100")
+            self.end_headers()
+            self.wfile.write(b"<")
+            self.wfile.flush()
+            time.sleep(6)
+
+    env = dict(imgs.engine.env(), AWS_ACCESS_KEY_ID="k", AWS_SECRET_ACCESS_KEY="s", DOGESTRY_STALL_TIMEOUT="4")
+    src = Remote("local", tmp_path, env)
+    assert run(["push", src.url, imgs.names["a"]], env).returncode == 0
+    with http_peer(Stalling) as base:
+        started = time.monotonic()
+        proc = run(["sync-objects", "--image", imgs.ids["a"], src.url, f"s3://bucket/p/?endpoint={base}"], env,
+                   timeout=120)
+        elapsed = time.monotonic() - started
+    # (lines before the last are the stall notices stderr gives while it waits)
+    err = proc.stderr.decode().splitlines()
+    assert proc.returncode == 1 and "internal error" not in proc.stderr.decode(), proc.stderr
+    assert err[-1].startswith("dogestry: ") and "no answer from S3" in err[-1] and "gave up" in err[-1], err
+    assert all("retrying" in line for line in err[:-1]), err
+    assert elapsed < 60, elapsed
