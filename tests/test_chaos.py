@@ -669,3 +669,71 @@ def test_an_s3_answer_whose_body_stalls_after_a_write_is_one_line(imgs, tmp_path
     assert err[-1].startswith("dogestry: ") and "no answer from S3" in err[-1] and "gave up" in err[-1], err
     assert all("retrying" in line for line in err[:-1]), err
     assert elapsed < 60, elapsed
+
+
+# -- 4. clocks ------------------------------------------------------------------------------
+
+def _stamp(path, seconds):
+    """Set a file's atime and mtime to now + seconds (as `touch -d` would)."""
+    when = time.time() + seconds
+    os.utime(path, (when, when))
+
+
+@pytest.mark.parametrize("skew", [-600, 600, -10 * 365 * 86400, 10 * 365 * 86400])
+def test_a_running_push_whose_lease_is_stamped_by_a_skewed_clock_ends_whole(imgs, tmp_path, skew):
+    """A push held before its image record, its lease stamped `skew` seconds off (a writer
+    whose clock is 10 minutes, or 10 years, behind or ahead, on a store that takes the
+    writer's clock), while `gc --grace 1s` runs: behind, the lease looks dead and gc may take
+    what the push wrote; ahead, it looks live. Either way the push ends 0 with its image
+    whole (it checks before its ref and stores again what is gone) and nothing a ref reaches
+    is removed."""
+    from test_operations import Paused
+
+    env = imgs.engine.env()
+    r = Remote("local", tmp_path, env)
+    assert run(["push", r.url, imgs.names["a"]], env).returncode == 0
+    before = set(r.keys())
+    push = Paused(r, tmp_path, "put:images/*:1", "push", imgs.names["c"])
+    assert push.reached(), push.finish()
+    assert len(r.leases()) == 1, r.leases()
+    # The writer's clock stamps all it wrote: its lease and its new objects.
+    for key in set(r.keys()) - before:
+        _stamp(os.path.join(r.store.root, key), skew)
+    time.sleep(1.5)  # older than the grace, by the store's clock, for everything the push wrote
+    gc = run(["gc", "--grace", "1s", r.url], env)
+    assert gc.returncode == 0, gc.stderr
+    layers_after_gc = {k for k in r.keys() if k.startswith("layers/")}
+    rc, _, err = push.finish()
+    assert rc == 0, err
+    invariants(r, {imgs.names["a"]: imgs.ids["a"], imgs.names["c"]: imgs.ids["c"]})
+    if skew > 0:
+        # A lease stamped ahead is live: gc kept everything the push had written.
+        assert {k for k in r.keys() if k.startswith("layers/")} == layers_after_gc
+    print(f"skew {skew}: gc said {gc.stdout.decode().strip()}")
+
+
+def test_objects_stamped_far_in_the_past_or_future_and_a_one_second_grace(imgs, tmp_path):
+    """Objects whose mtimes are 30 years past or 80 years ahead (touch -d), reached by a ref
+    or not, and `gc --grace 1s`: every ref stays whole; unreachable objects from the past go;
+    those stamped in the future are younger than any grace on this clock and stay until a
+    gc's clock passes them (what the protocol promises: ages are differences of the store's
+    timestamps)."""
+    env = imgs.engine.env()
+    r = Remote("local", tmp_path, env)
+    assert run(["push", r.url, imgs.names["b"], imgs.names["c"], imgs.names["p"]], env).returncode == 0
+    assert run(["untag", r.url, imgs.names["c"], imgs.names["p"]], env).returncode == 0
+    root = r.store.root
+    keys = sorted(r.keys())
+    only = {name: {k for k in keys if imgs.ids[name][7:] in k} for name in "bcp"}
+    for i, key in enumerate(keys):
+        if key.startswith(("layers/", "images/", "configs/", "repositories/")):
+            past = (i % 2 == 0) if not any(key in only[n] for n in "cp") else key in only["c"]
+            _stamp(os.path.join(root, key), -30 * 365 * 86400 if past else 80 * 365 * 86400)
+    gc = run(["gc", "--grace", "1s", r.url], env)
+    assert gc.returncode == 0, gc.stderr
+    left = set(r.keys())
+    invariants(r, {imgs.names["b"]: imgs.ids["b"]})
+    assert not only["c"] & left, "the unreachable image stamped in the past stays"
+    assert only["p"] <= left, "objects stamped in the future were removed"
+    verify_all = run(["verify", "--all", r.url], env)
+    assert verify_all.returncode == 0, verify_all.stdout
