@@ -205,6 +205,14 @@ def retention(repo, keep_last, patterns, dry_run=False):
         newest_first = sorted(by_name[name], key=lambda item: (item[0], item[1]), reverse=True)
         doomed += [(ref, info) for _, _, ref, info in newest_first[keep_last:]]
     ids = _read_refs(repo, doomed)
+    if not dry_run and doomed:
+        # A push may have moved a doomed tag since the listing (re-pushing `app:latest` makes
+        # it the newest): one more listing right before the deletes spares every ref written
+        # meanwhile, which would otherwise be lost to a decision taken on its old write.
+        now = {info.key: (info.mtime, info.etag, info.size) for _, info in repo.ref_infos()}
+        kept = [(image_id, (ref, info)) for image_id, (ref, info) in zip(ids, doomed)
+                if now.get(info.key) == (info.mtime, info.etag, info.size)]
+        ids, doomed = [i for i, _ in kept], [d for _, d in kept]
     doomed = [ref for ref, _ in doomed]
     if not dry_run:
         _map(repo.delete_ref, doomed)

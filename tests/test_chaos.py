@@ -737,3 +737,28 @@ def test_objects_stamped_far_in_the_past_or_future_and_a_one_second_grace(imgs, 
     assert only["p"] <= left, "objects stamped in the future were removed"
     verify_all = run(["verify", "--all", r.url], env)
     assert verify_all.returncode == 0, verify_all.stdout
+
+
+def test_retention_spares_a_tag_a_push_moved_after_it_listed(imgs, tmp_path):
+    """`untag --keep-last 1` lists the tags, then reads the doomed ones; held there, a push
+    moves a doomed tag to another image (now the newest). Deleting it would lose the push's
+    ref on a decision taken on its old write: retention lists again right before deleting
+    and spares it."""
+    from test_operations import Paused
+
+    env = imgs.engine.env()
+    u = imgs.u
+    for kind in ("local", "seaweed"):
+        r = Remote(kind, tmp_path, env)
+        assert run(["push", r.url, imgs.names["a"], imgs.names["c"]], r.env).returncode == 0
+        assert run(["tag", r.url, imgs.ids["a"], f"t{u}/ret:old"], r.env).returncode == 0
+        time.sleep(1.1)  # S3 keeps whole seconds
+        assert run(["tag", r.url, imgs.ids["a"], f"t{u}/ret:new"], r.env).returncode == 0
+        retention = Paused(r, tmp_path, "get:repositories/*:1", "untag", "--keep-last", "1", f"t{u}/ret")
+        assert retention.reached(), retention.finish()
+        time.sleep(1.1)
+        assert run(["tag", r.url, imgs.ids["c"], f"t{u}/ret:old"], r.env).returncode == 0
+        rc, out, err = retention.finish()
+        assert rc == 0, err
+        assert f"t{u}/ret:old" not in out, out
+        invariants(r, {f"t{u}/ret:old": imgs.ids["c"], f"t{u}/ret:new": imgs.ids["a"], imgs.names["c"]: imgs.ids["c"]})
