@@ -157,6 +157,7 @@ class Schedule:
         self.kept = {}  # name:tag -> image id, for keep refs whose command ended 0
         self.mirrored = {}  # the same, in the mirror
         self.results = []
+        self.shares = []  # URLs printed by a share that ended 0: each must work at the end
         self.guard = threading.Lock()
         self.failures = []
 
@@ -175,8 +176,12 @@ class Schedule:
     def step(self, rng, w, s):
         u, r, env = self.u, self.remote, self.remote.env
         ids, names = self.imgs.ids, self.imgs.names
-        op = rng.choice(["push", "push", "tag", "tag", "untag", "keep-last", "gc", "gc", "update-ref", "sync",
-                         "pull"])
+        ops = ["push", "push", "tag", "tag", "untag", "keep-last", "gc", "gc", "update-ref", "sync", "pull"]
+        if self.lock:
+            ops.append("gc-mirror")  # beside sync-objects and (locked) update-ref in the mirror
+        if r.kind != "local":
+            ops.append("share")
+        op = rng.choice(ops)
         if op == "push":
             which = rng.sample("abc", rng.randint(1, 2))
             # a fresh engine tag for one of them: a keep ref the push must leave in place
@@ -227,9 +232,28 @@ class Schedule:
             self.record(f"sync {k}", proc)
             if proc.returncode == 0:
                 target = f"t{u}/keep:sync-w{w}s{s}"
-                self.must_succeed("update-ref in the mirror", run(["update-ref", self.mirror.url, target, ids[k]],
-                                                                  self.mirror.env))
-                self.mirrored[target] = ids[k]
+                args = ["update-ref", self.mirror.url, target, ids[k]]
+                if self.lock:
+                    # a gc of the mirror (under the lock) may have taken the image since the sync
+                    # ended: update-ref then refuses it, in one line
+                    proc = subprocess.run(["flock", "-w", str(TIMEOUT), self.lockfile, sys.executable, BIN, *args],
+                                          env=self.mirror.env, capture_output=True, timeout=TIMEOUT + 10)
+                    self.record("update-ref in the mirror", proc)
+                else:
+                    proc = run(args, self.mirror.env)
+                    self.must_succeed("update-ref in the mirror", proc)
+                if proc.returncode == 0:
+                    self.mirrored[target] = ids[k]
+        elif op == "gc-mirror":
+            self.record("gc-mirror", run(self.locked(["gc", "--grace", "0", self.mirror.url]), self.mirror.env))
+        elif op == "share":
+            k = rng.choice("abcp")
+            proc = run(["share", r.url, ids[k], "--expires", "1h"], env)
+            if k == "p":
+                self.must_succeed("share of the pinned image", proc)
+            self.record(f"share {k}", proc)
+            if proc.returncode == 0:
+                self.shares.append((proc.stdout.decode().strip(), ids[k]))
         elif op == "pull":
             with self.imgs.pull_lock:  # one pull at a time: each removes p from the engine first
                 self.imgs.engine.rmi(names["p"])
@@ -254,7 +278,7 @@ class Schedule:
         assert not self.failures, self.failures
 
 
-SCHEDULES = [("local", 11, True), ("local", 12, False), ("seaweed", 13, False)]
+SCHEDULES = [("local", 11, True), ("local", 12, False), ("seaweed", 13, False), ("seaweed", 14, True)]
 
 
 @pytest.mark.parametrize("kind,seed,lock", [(k, s, lk) for k, s0, lk in SCHEDULES for s in seeded([s0])])
@@ -275,9 +299,13 @@ def test_a_random_schedule_of_racing_commands_keeps_every_invariant(imgs, tmp_pa
     assert invariants(r, {imgs.names["p"]: imgs.ids["p"], **sched.kept}) == refs
     proc = run(["verify", "--all", r.url], r.env)
     assert proc.returncode == 0, proc.stdout.decode()
-    ops = sorted({what.split()[0] for what, _ in sched.results})
+    for url, image_id in sched.shares:  # gc keeps what an unexpired share index hands out
+        proc = run(["verify", url, image_id], env)
+        assert proc.returncode == 0, f"a share that ended 0: {proc.stdout.decode()}{proc.stderr.decode()}"
+    ops = sorted({what.split()[0] for what, _ in sched.results} | ({"gc-mirror"} & {w for w, _ in sched.results}))
     print(f"seed {seed} {kind} lock={lock}: {len(sched.results)} commands, "
-          f"{sum(rc == 0 for _, rc in sched.results)} ended 0, ops {ops}, keep refs {len(sched.kept)}")
+          f"{sum(rc == 0 for _, rc in sched.results)} ended 0, ops {ops}, keep refs {len(sched.kept)}, "
+          f"mirrored {len(sched.mirrored)}, shares {len(sched.shares)}")
 
 
 # -- 2. kill -9 anywhere, while another process pushes -------------------------------------
@@ -367,7 +395,7 @@ def kill_case(imgs, r, mirror, rng, n):
         invariants(mirror, ended=False)
         assert run(["update-ref", mirror.url, target, ids[k]], mirror.env).returncode == 0
     if command == "share":
-        shared = run(["verify", retry.stdout.decode().strip()], env)
+        shared = run(["verify", retry.stdout.decode().strip(), ids[k]], env)
         assert shared.returncode == 0, (what, shared.stdout, shared.stderr)
     invariants(r, expected, ended=False)
     return proc.returncode == -signal.SIGKILL
@@ -427,11 +455,11 @@ def test_a_share_written_beside_a_gc_hands_out_only_objects_that_stay(imgs, tmp_
     assert gc.returncode == 0, gc.stderr
     rc, out, err = share.finish()
     if rc == 0:
-        shared = run(["verify", out.strip()], env)
+        shared = run(["verify", out.strip(), imgs.ids["c"]], env)
         assert shared.returncode == 0, f"share ended 0 but its URL fails: {shared.stdout.decode()}{shared.stderr.decode()}"
         # and a gc now keeps what the index hands out
         assert run(["gc", "--grace", "0", r.url], r.env).returncode == 0
-        assert run(["verify", out.strip()], env).returncode == 0
+        assert run(["verify", out.strip(), imgs.ids["c"]], env).returncode == 0
     else:
         failure_is_one_line(subprocess.CompletedProcess([], rc, b"", err.encode()), "share")
     invariants(r, {imgs.names["p"]: imgs.ids["p"]}, ended=True)
