@@ -205,6 +205,14 @@ def retention(repo, keep_last, patterns, dry_run=False):
         newest_first = sorted(by_name[name], key=lambda item: (item[0], item[1]), reverse=True)
         doomed += [(ref, info) for _, _, ref, info in newest_first[keep_last:]]
     ids = _read_refs(repo, doomed)
+    if not dry_run and doomed:
+        # A push may have moved a doomed tag since the listing (re-pushing `app:latest` makes
+        # it the newest): one more listing right before the deletes spares every ref written
+        # meanwhile, which would otherwise be lost to a decision taken on its old write.
+        now = {info.key: (info.mtime, info.etag, info.size) for _, info in repo.ref_infos()}
+        kept = [(image_id, (ref, info)) for image_id, (ref, info) in zip(ids, doomed)
+                if now.get(info.key) == (info.mtime, info.etag, info.size)]
+        ids, doomed = [i for i, _ in kept], [d for _, d in kept]
     doomed = [ref for ref, _ in doomed]
     if not dry_run:
         _map(repo.delete_ref, doomed)
@@ -629,8 +637,10 @@ def gc(ctx, repo, grace, dry_run=False, parallel=8):
         kept_records = [object_of_key(k)[1] for k in young | leased if infos[k][0] == "image"]
         keep = rooted | young | leased | reach.keys_of(kept_records, strict=False) | _announced(reach, leases)
         candidates = set(objects) - _pairs(keep)
-        # A ref written meanwhile by a writer without a lease (update-ref) keeps its objects.
-        candidates -= _pairs(reach.of_refs())
+        # A ref written meanwhile by a writer without a lease (update-ref) keeps its objects;
+        # so does a share index written meanwhile (its writer's lease may be gone already:
+        # it ends once the index is written).
+        candidates -= _pairs(reach.of_refs() | _share_roots(repo, now))
         for kind in DELETE_ORDER:
             # Right before each batch: a push may have started, or announced the images it is
             # about to point refs at, since the last look (the protocol needs one look after

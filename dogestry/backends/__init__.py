@@ -214,10 +214,18 @@ class _SpoolFile:
             raise StorageError(f"cannot write the spool file {self.name}: {err.strerror or err}") from None
 
     def close(self):
+        """Flush and close. A layer smaller than the file's buffer is written only here, so a
+        full disk shows here first: swallowed, the spool was published short (an empty layer
+        under its final key, with a descriptor describing the real bytes)."""
+        if self._file.closed:
+            return
         try:
             self._file.close()
-        except OSError:
-            pass  # the write that failed said why
+        except OSError as err:
+            if err.errno == errno.ENOSPC:
+                raise StorageError(f"no space left in the temp directory {os.path.dirname(self.name)} while "
+                                   f"spooling a layer to {self.name}; set [dogestry] temp-dir") from None
+            raise StorageError(f"cannot write the spool file {self.name}: {err.strerror or err}") from None
 
     def __del__(self):
         if getattr(self, "_lock_fd", None) is not None:

@@ -8,12 +8,13 @@ would: no finally block, no atexit, no flush runs.
     before-put, put            before / after put(key, ...)          (descriptors, configs, records, refs)
     before-put_file, put_file  before / after put_file(key, ...)     (a spooled layer's data)
     before-commit, commit      before / after a streamed writer's commit()
+    before-delete, delete      before / after delete(key)            (untag, gc, a lease's release)
     write                      before the Nth write() into one writer of a matching key (so
                                N > 1 is always mid-object); the pseudo-key `spool` matches
                                spool() files
     read                       before the Nth read() from one reader open() on a matching key
 
-N counts from 1 and defaults to 1: matching operations for put, put_file and commit, calls
+N counts from 1 and defaults to 1: matching operations for put, put_file, commit and delete, calls
 on one object for write and read. Everything else is forwarded to the real backend, so
 the wrapper is invisible until its point is reached.
 """
@@ -24,7 +25,8 @@ import signal
 
 from ..errors import UsageError
 
-OPS = ("before-put", "put", "before-put_file", "put_file", "before-commit", "commit", "write", "read")
+OPS = ("before-put", "put", "before-put_file", "put_file", "before-commit", "commit", "before-delete", "delete",
+       "write", "read")
 SPOOL = "spool"
 
 
@@ -117,6 +119,11 @@ class CrashingBackend(_Forwarding):
         published = self._inner.put_file(key, path, overwrite=overwrite)
         self._point.hit("put_file", key)
         return published
+
+    def delete(self, key):
+        self._point.hit("before-delete", key)
+        self._inner.delete(key)
+        self._point.hit("delete", key)
 
     def writer(self, key, overwrite=False):
         return _Writer(self._inner.writer(key, overwrite=overwrite), self._point, key)

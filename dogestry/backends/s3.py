@@ -130,6 +130,16 @@ def _legacy_or_config_credentials(config, warn):
 _MALFORMED = (ValueError, TypeError, LookupError, AttributeError)
 
 
+def _wire():
+    """Exceptions of the connection itself. urllib3's own (ReadTimeoutError, ProtocolError)
+    reach us unwrapped when botocore reads a whole answer's body (convert_to_response_dict
+    runs outside its error translation): a PUT whose answer stalls past the socket timeout
+    raised urllib3's ReadTimeoutError as an internal error."""
+    from urllib3.exceptions import HTTPError
+
+    return (ConnectionError, TimeoutError, HTTPError)
+
+
 MAX_AWS_FILE = 16 << 20  # an AWS config or credentials file is a few kB
 
 
@@ -353,7 +363,7 @@ class S3Backend(Backend):
             return TransientError(f"{what}: cannot reach the S3 endpoint {self.endpoint or 'of AWS'}; check the "
                                   "endpoint= option, AWS_ENDPOINT_URL and the network")
         if isinstance(err, (BotoConnectionError, HTTPClientError, ReadTimeoutError, ConnectionClosedError,
-                            IncompleteReadError, ResponseStreamingError, ConnectionError, TimeoutError)):
+                            IncompleteReadError, ResponseStreamingError, *_wire())):
             return TransientError(f"{what}: no answer from S3 at {self.endpoint or 'AWS'} "
                                   f"({type(err).__name__})")
         return self._fail(err, what)
@@ -376,7 +386,7 @@ class S3Backend(Backend):
         def attempt():
             try:
                 return fn(Bucket=self.bucket, **kwargs)
-            except (ClientError, BotoCoreError, ConnectionError, TimeoutError, *_MALFORMED) as err:
+            except (ClientError, BotoCoreError, *_wire(), *_MALFORMED) as err:
                 raise self._classify(err, what, kwargs) from None
 
         return self._retrying(self._bounded(attempt, what, _body_size(kwargs.get("Body"))))
@@ -436,7 +446,7 @@ class S3Backend(Backend):
                 response = self._quick_get(full) if start is None else None
                 if response is None:
                     response = self.client.get_object(Bucket=self.bucket, **kwargs)
-            except (ClientError, BotoCoreError, ConnectionError, TimeoutError, *_MALFORMED) as err:
+            except (ClientError, BotoCoreError, *_wire(), *_MALFORMED) as err:
                 raise self._classify(err, what, kwargs) from None
             body = response["Body"]
             try:
@@ -451,7 +461,7 @@ class S3Backend(Backend):
                 if start is not None and len(data) != end - start:
                     raise IncompleteReadError(actual_bytes=len(data), expected_bytes=end - start)
                 return data
-            except (BotoCoreError, ConnectionError, TimeoutError, *_MALFORMED) as err:
+            except (BotoCoreError, *_wire(), *_MALFORMED) as err:
                 raise self._classify(err, what, kwargs) from None
             finally:
                 body.close()
@@ -589,7 +599,7 @@ class S3Backend(Backend):
                     state["condition"] = {}
                     return attempt()
                 raise self._classify(err, what, kwargs) from None
-            except (BotoCoreError, ConnectionError, TimeoutError, *_MALFORMED) as err:
+            except (BotoCoreError, *_wire(), *_MALFORMED) as err:
                 raise self._classify(err, what, kwargs) from None
 
         return self._retrying(self._bounded(attempt, what, _body_size(kwargs.get("Body"))))
