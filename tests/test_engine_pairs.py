@@ -584,3 +584,78 @@ def test_restart_wipe_prune_and_rmi_between_pulls_never_skip_a_missing_layer(mad
     assert json.loads(cache.read_text())
     pull(layers)
 
+
+class _RecordingProxy:
+    """A unix socket that forwards to an engine's and records every request line sent."""
+
+    def __init__(self, target):
+        import re
+        import socket
+        import tempfile
+        import threading
+
+        assert target.startswith("unix://")
+        self.dir = tempfile.mkdtemp(prefix="dogestry-pairs-proxy-")
+        self.path = os.path.join(self.dir, "engine.sock")
+        self.requests = []
+        self._re = re.compile(rb"(GET|HEAD|POST|PUT|DELETE) (\S+) HTTP/1\.[01]\r\n")
+        self._listener = socket.socket(socket.AF_UNIX)
+        self._listener.bind(self.path)
+        self._listener.listen(64)
+        self._target = target[len("unix://"):]
+
+        def pump(src, dst, record):
+            try:
+                while True:
+                    data = src.recv(65536)
+                    if not data:
+                        break
+                    if record:
+                        self.requests += [m.group(2).decode() for m in self._re.finditer(data)]
+                    dst.sendall(data)
+            except OSError:
+                pass
+            finally:
+                for sock in (src, dst):
+                    try:
+                        sock.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
+
+        def serve():
+            while True:
+                try:
+                    client, _ = self._listener.accept()
+                except OSError:
+                    return
+                upstream = socket.socket(socket.AF_UNIX)
+                upstream.connect(self._target)
+                threading.Thread(target=pump, args=(client, upstream, True), daemon=True).start()
+                threading.Thread(target=pump, args=(upstream, client, False), daemon=True).start()
+
+        threading.Thread(target=serve, daemon=True).start()
+
+    def close(self):
+        import shutil
+
+        self._listener.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def test_a_pull_into_the_containerd_store_never_lists_a_build_s_intermediates(made):
+    """Docker 28's containerd store lists the 105 intermediate images of the tall build in
+    about 10 s (40 s on a busy host); every pull of an image it lacked from a repository
+    with engine-id aliases asked for that listing (`/images/json?all=1`)."""
+    src, dst = made["d26c"], made["d28c"].eng
+    assert any("/tall:" in g[0] for g in made["d28c"].groups)  # the intermediates are there
+    group = next(g for g in src.groups if "/commit:2" in g[0])
+    assert list((Path(src.repo) / "aliases" / "sha256").iterdir())  # d26c's own ids, recorded by its push
+    _fresh(dst, src, *group)
+    proxy = _RecordingProxy(dst.host)
+    try:
+        dogestry("pull", src.repo, *group, env=dict(dst.env(), DOCKER_HOST=f"unix://{proxy.path}"))
+    finally:
+        proxy.close()
+    assert any(r.split("?")[0].endswith("/images/json") for r in proxy.requests), proxy.requests
+    assert not [r for r in proxy.requests if "/images/json" in r and "all=1" in r], proxy.requests
+    _check(src, dst, group)
