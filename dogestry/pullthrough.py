@@ -17,8 +17,8 @@ import threading
 
 from .digests import from_hex, hex_of
 from .dockertar import load_tar_chunks
-from .errors import DogestryError, NotFound
-from .refs import looks_like_id
+from .errors import CorruptObject, DogestryError, NotFound
+from .refs import looks_like_id, normalize_id
 
 PULL_NAME = "dogestry-pull"  # + a random suffix: the temporary name an image is pulled under
 # What a pull names an image while the engine pulls it: 127.0.0.1:PORT/dogestry-pull-HEX:ID.
@@ -324,13 +324,34 @@ def resolve_engine_id(ctx, repo, text):
     except NotFound:
         if not looks_like_id(text):
             raise
-        found = repo.resolve_alias(text)
+        found = repo.resolve_alias(text) or _resolve_manifest_digest(repo, text)
         if found is None:
             raise
     engine_id, image_id = found
     if ctx is not None:
         ctx.info(f"engine id {engine_id} is image {image_id} in {repo.location}")
     return image_id, None
+
+
+def _resolve_manifest_digest(repo, text):
+    """(manifest digest, image id) for an image whose manifest digest text is or begins
+    with, else None. An image dogestry pulled into the containerd store is named by the
+    manifest dogestry made for it (Image.manifest_digest): that is the id `docker images`
+    shows there, and users copy it to pull the image elsewhere. Every image record is read,
+    so only once the cheaper lookups have failed."""
+    prefix = normalize_id(text)
+    matches = set()
+    for image_id in repo.image_ids():
+        try:
+            digest = repo.get_image(image_id).manifest_digest
+        except (NotFound, CorruptObject):
+            continue  # gone since the listing, or damaged: not what was asked for
+        if digest.startswith(prefix):
+            matches.add((digest, image_id))
+    if len(matches) > 1:
+        raise DogestryError(f"image id prefix {text} is ambiguous in {repo.location}: "
+                            f"{' '.join(sorted(d for d, _ in matches))}")
+    return matches.pop() if matches else None
 
 
 _CONFIG_FIELDS = ("Cmd", "Entrypoint", "Env", "Labels", "WorkingDir", "User", "ExposedPorts", "Volumes")

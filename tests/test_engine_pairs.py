@@ -392,6 +392,46 @@ def test_a_target_holding_the_image_under_another_name_only_tags_it(made, target
 
 
 @pytest.mark.parametrize("source", ALL)
+def test_pull_by_the_id_docker_images_shows(made, tmp_path, source):
+    """`docker images` shows the engine's own id: a config digest on graphdriver engines;
+    on the containerd store the digest of the manifest the engine made (push records it
+    as an alias) or, for an image dogestry pulled there, of the manifest dogestry made
+    (that one was "not found" before)."""
+    src = made[source].eng
+    tag = f"pairs-byid-{source}-{UNIQUE}:1"
+    with open(BUSYBOX, "rb") as f:
+        busybox = f.read()
+    _docker(src, "import", "--change", 'CMD ["cat", "/byid"]', "-", tag,
+            input=_tar([("bin", "dir", None), ("bin/busybox", "file", busybox, 0o755),
+                        ("bin/cat", "symlink", "busybox"), ("byid", "file", tag.encode())]))
+    src.created.append(tag)
+    repo = str(tmp_path / "repo")
+    image_id = dogestry("push", repo, tag, env=src.env()).stdout.decode().split()[0]
+    layers = src.layers(tag)
+
+    def pull_by(shown, dst):
+        dst.rmi(image_id, tag)
+        proc = dogestry("pull", repo, shown, env=dst.env())
+        assert proc.stdout.decode().split() == [image_id], proc.stdout.decode()
+        # pulled by id, so nameless: the containerd store knows it by our manifest digest
+        said = proc.stderr.decode().split(f"image {image_id} is ", 1)[1].split()[0] if dst.containerd else image_id
+        dst.created.append(said)
+        assert dst.layers(said) == layers
+        assert dst.run(said) == tag
+
+    shown = _docker(src, "images", "--format", "{{.ID}}", tag).strip()
+    assert len(shown) == 12, shown
+    pull_by(shown, made[ALL[(ALL.index(source) + 2) % len(ALL)]].eng)
+    via = made["d28c" if source != "d28c" else "d26c"].eng
+    via.rmi(image_id, tag)
+    via.created.append(tag)
+    dogestry("pull", repo, tag, env=via.env())
+    shown = _docker(via, "images", "--format", "{{.ID}}", tag).strip()
+    assert f"sha256:{shown}" != image_id[:19]  # the containerd store's id is not the image id
+    pull_by(shown, made["d20"].eng)
+
+
+@pytest.mark.parametrize("source", ALL)
 def test_latest_implicit_on_one_side_and_explicit_on_the_other(made, tmp_path, source):
     src = made[source]
     dst = made[ALL[(ALL.index(source) + 3) % len(ALL)]].eng
