@@ -3,8 +3,9 @@
 test_engine_matrix.py crosses hand-made load tars; here each source engine makes its images
 the way users do, with its own code: `DOCKER_BUILDKIT=0 docker build` (whiteouts of base
 files and directories, chmod/chown, COPY --chown, ADD of a tar, hard link, symlink, FIFO,
-metadata-only steps, two identical COPY steps, an image that is only its base, 100+ RUN
-layers), `docker commit` (twice from one container: two configs, one set of layers) and
+a device node, a sticky directory, a uid over 2^21, a name that is not UTF-8, a long symlink
+target, a sparse file, metadata-only steps, two identical COPY steps, an image that is only
+its base, 100+ RUN layers), `docker commit` (twice from one container: two configs) and
 `docker import` of a tar of odd members. Every engine imports the same base tar, so every
 target already holds the base layer, made by itself: a pull must move only the rest.
 
@@ -96,6 +97,9 @@ RUN busybox chmod 4711 /etc/a && busybox chown 12:34 /etc/a
 COPY --chown=5:6 copied.txt /copied.txt
 ADD local.tar /added/
 RUN busybox ln /etc/a /hard && busybox ln -s /etc/a /soft && busybox mkfifo /fifo && busybox mkdir -p /e/f
+RUN busybox mknod /cdev c 1 3 && busybox mkdir /sticky && busybox chmod 1777 /sticky && busybox touch /bigid \
+ && busybox chown 3000000:3000001 /bigid && busybox touch "/bad$(printf '\\377')name" \
+ && busybox ln -s /$(busybox seq -s / 1 60) /longlink && busybox dd if=/dev/zero of=/sparse bs=1 count=1 seek=1048575
 WORKDIR /work
 ENV A=1 B="two words"
 LABEL pairs.l1=v1 "pairs.l 2"="v 2"
@@ -320,6 +324,9 @@ def test_images_an_engine_made_arrive_whole_on_another(made, source, target):
     assert dst.run(f"{prefix}/features:1") == "copied\n"
     assert dst.run(f"{prefix}/features:1", "sh", "-c", "busybox id -u; pwd; busybox cat /x /added/lib/link; echo $B") == \
         "1000\n/work\nsame bytes\none\ntwo words\n"
+    assert dst.run(f"{prefix}/features:1", "sh", "-c", "busybox stat -c '%F %a %u:%g' /cdev /sticky /bigid /bad*") == \
+        "character special file 644 0:0\ndirectory 1777 0:0\nregular empty file 644 3000000:3000001\n" \
+        "regular empty file 644 0:0\n"
     assert dst.run(f"{prefix}/only:1") == "a\n"
     assert dst.run(f"{prefix}/commit:1", "sh", "-c", "pwd; busybox cat /made /old/y; echo $C; busybox cat /etc/gone") == \
         "/old\nmade\nx\n1\ngone\n"
