@@ -143,6 +143,7 @@ def pull_through_server(ctx, repo, plan):
     server = Server(view, ("127.0.0.1", 0), log=lambda line: None, warn=warnings.append)
     port = server.start()
     temporary = []
+    pulled_ids = []  # (engine id, tags) of each image pulled so far
     listed = None  # the engine's temporary names, once listed
     progress = ctx.progress
     if progress is not None:
@@ -178,8 +179,13 @@ def pull_through_server(ctx, repo, plan):
                 listed = engine.names_matching(TEMPORARY_NAMES)
                 if pulled not in listed:
                     view.served += complete_pulled(ctx, repo, image, set(view.served))
-            for tag in image.tags:
-                engine.tag(found.id, tag)
+            pulled_ids.append((found.id, image.tags))
+        # Names only once every image is in: a pull that fails on a later image leaves the
+        # engine's names as they were (the temporary names go below, and with them what
+        # only they held), as a load tar aborted mid-stream loads nothing.
+        for engine_id, tags in pulled_ids:
+            for tag in tags:
+                engine.tag(engine_id, tag)
     finally:
         sweeper = None
         if view.requests:

@@ -745,3 +745,34 @@ def test_build_on_a_pulled_image_push_the_child_pull_it_elsewhere(made, builder)
     dogestry("pull", src.repo, child, env=dst.env())
     assert dst.layers(child) == layers and _saved_config(dst, child) == config
     assert dst.run(child) == f"{builder}\n"
+
+
+def test_a_pull_that_fails_on_its_second_image_leaves_every_engine_as_it_was(made, tmp_path):
+    """Two images in one pull, the second's own layer damaged in the repository: one line,
+    exit 1, and no engine gains a name. The containerd store pulls image by image through
+    the loopback registry, and named the first before the second failed."""
+    src = made["d20"].eng
+    with open(BUSYBOX, "rb") as f:
+        busybox = f.read()
+    tags = [f"pairs-fail-{UNIQUE}/{which}:1" for which in ("good", "bad")]
+    for tag in tags:
+        _docker(src, "import", "--change", 'CMD ["cat", "/which"]', "-", tag,
+                input=_tar([("bin", "dir", None), ("bin/busybox", "file", busybox, 0o755),
+                            ("bin/cat", "symlink", "busybox"), ("which", "file", tag.encode())]))
+        src.created.append(tag)
+    repo = tmp_path / "repo"
+    dogestry("push", str(repo), *tags, env=src.env())
+    bad = src.layers(tags[1])[-1]
+    stored = repo / "layers" / "sha256" / bad[7:]
+    data = bytearray(stored.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    stored.write_bytes(bytes(data))
+    for name in ALL:
+        dst = made[name].eng
+        dst.rmi(*tags)
+        before = sorted(dst.tags())
+        proc = dogestry("pull", str(repo), *tags, env=dst.env(), check=False)
+        err = proc.stderr.decode()
+        assert proc.returncode == 1 and err.startswith("dogestry: ") and err.count("\n") == 1, (name, err)
+        assert bad in err and "corrupt" in err and "Traceback" not in err, (name, err)
+        assert sorted(dst.tags()) == before, name  # neither image named, no temporary name left
