@@ -776,3 +776,11 @@ def test_a_pull_that_fails_on_its_second_image_leaves_every_engine_as_it_was(mad
         assert proc.returncode == 1 and err.startswith("dogestry: ") and err.count("\n") == 1, (name, err)
         assert bad in err and "corrupt" in err and "Traceback" not in err, (name, err)
         assert sorted(dst.tags()) == before, name  # neither image named, no temporary name left
+    # the same into all four at once: each engine fails alone, and none is named either
+    engines = [made[name].eng for name in ALL]
+    before = {eng.name: sorted(eng.tags()) for eng in engines}
+    proc = dogestry("pull", "--json", "--pullhosts", ",".join(e.host for e in engines), str(repo), *tags, check=False)
+    assert proc.returncode == 1, proc.stderr.decode()
+    results = [json.loads(line) for line in proc.stdout.decode().splitlines()]
+    assert [r["status"] for r in results] == ["failed"] * 4 and all(bad in r["error"] for r in results), results
+    assert {eng.name: sorted(eng.tags()) for eng in engines} == before
