@@ -391,8 +391,17 @@ class Engine:
             raise EngineError(f"Docker engine at {self.host}: its image listing has an image without an id")
         return ids
 
-    def image_ids(self):
-        return self._ids(self._images({"all": "1"}))
+    def image_ids(self, intermediate=True):
+        """Ids of the images the engine lists; intermediate=False leaves out the untagged
+        parents a legacy build leaves, which Docker 28's containerd store lists slowly (with
+        a 105-step build: 9.6 s for 107 images, 0.3 s without them, worse on a busy host)."""
+        return self._ids(self._images({"all": "1"} if intermediate else None))
+
+    def lists(self, image_id):
+        """True when the engine lists image_id (Docker 26's containerd store hides an image
+        whose content is incomplete). The short listing first: the long one is asked only
+        for an image that is not in it, such as a build's intermediate."""
+        return image_id in self.image_ids(intermediate=False) or image_id in self.image_ids()
 
     def tagged_names(self):
         """name:tag of every tagged image (for completion)."""

@@ -17,8 +17,8 @@ import threading
 
 from .digests import from_hex, hex_of
 from .dockertar import load_tar_chunks
-from .errors import DogestryError, NotFound
-from .refs import looks_like_id
+from .errors import CorruptObject, DogestryError, NotFound
+from .refs import looks_like_id, normalize_id
 
 PULL_NAME = "dogestry-pull"  # + a random suffix: the temporary name an image is pulled under
 # What a pull names an image while the engine pulls it: 127.0.0.1:PORT/dogestry-pull-HEX:ID.
@@ -143,6 +143,7 @@ def pull_through_server(ctx, repo, plan):
     server = Server(view, ("127.0.0.1", 0), log=lambda line: None, warn=warnings.append)
     port = server.start()
     temporary = []
+    pulled_ids = []  # (engine id, tags) of each image pulled so far
     listed = None  # the engine's temporary names, once listed
     progress = ctx.progress
     if progress is not None:
@@ -178,8 +179,13 @@ def pull_through_server(ctx, repo, plan):
                 listed = engine.names_matching(TEMPORARY_NAMES)
                 if pulled not in listed:
                     view.served += complete_pulled(ctx, repo, image, set(view.served))
-            for tag in image.tags:
-                engine.tag(found.id, tag)
+            pulled_ids.append((found.id, image.tags))
+        # Names only once every image is in: a pull that fails on a later image leaves the
+        # engine's names as they were (the temporary names go below, and with them what
+        # only they held), as a load tar aborted mid-stream loads nothing.
+        for engine_id, tags in pulled_ids:
+            for tag in tags:
+                engine.tag(engine_id, tag)
     finally:
         sweeper = None
         if view.requests:
@@ -299,7 +305,10 @@ def aliased_engine_copy(engine, repo, image):
     Only engine ids the repository has an alias for, and the engine lists, are inspected:
     one listing of the aliases (nothing more when there are none) and one of the engine's
     images. Inspecting every engine image for these layers cost a round trip per image on
-    every pull of an image the engine lacked (63 ms with 4 images; seconds with 1,000)."""
+    every pull of an image the engine lacked (63 ms with 4 images; seconds with 1,000).
+    The listing leaves out a build's intermediate images: Docker 28's containerd store took
+    40 s to list the 105 a tall legacy build left, on every such pull, and an image held only
+    as an intermediate is merely pulled again (its layers' snapshots are there)."""
     if not engine.uses_containerd_store():
         return None
     from .repo import ALIASES_PREFIX
@@ -307,7 +316,7 @@ def aliased_engine_copy(engine, repo, image):
     aliased = {from_hex(key[len(ALIASES_PREFIX):]) for key in repo.backend.list(ALIASES_PREFIX)} - {None}
     if not aliased:
         return None
-    for engine_id in sorted(aliased.intersection(engine.image_ids())):
+    for engine_id in sorted(aliased.intersection(engine.image_ids(intermediate=False))):
         found = engine.inspect(engine_id)
         if found is not None and found.diff_ids == image.diff_ids and repo.find_alias(engine_id) == image.id:
             return engine_id
@@ -321,13 +330,34 @@ def resolve_engine_id(ctx, repo, text):
     except NotFound:
         if not looks_like_id(text):
             raise
-        found = repo.resolve_alias(text)
+        found = repo.resolve_alias(text) or _resolve_manifest_digest(repo, text)
         if found is None:
             raise
     engine_id, image_id = found
     if ctx is not None:
         ctx.info(f"engine id {engine_id} is image {image_id} in {repo.location}")
     return image_id, None
+
+
+def _resolve_manifest_digest(repo, text):
+    """(manifest digest, image id) for an image whose manifest digest text is or begins
+    with, else None. An image dogestry pulled into the containerd store is named by the
+    manifest dogestry made for it (Image.manifest_digest): that is the id `docker images`
+    shows there, and users copy it to pull the image elsewhere. Every image record is read,
+    so only once the cheaper lookups have failed."""
+    prefix = normalize_id(text)
+    matches = set()
+    for image_id in repo.image_ids():
+        try:
+            digest = repo.get_image(image_id).manifest_digest
+        except (NotFound, CorruptObject):
+            continue  # gone since the listing, or damaged: not what was asked for
+        if digest.startswith(prefix):
+            matches.add((digest, image_id))
+    if len(matches) > 1:
+        raise DogestryError(f"image id prefix {text} is ambiguous in {repo.location}: "
+                            f"{' '.join(sorted(d for d, _ in matches))}")
+    return matches.pop() if matches else None
 
 
 _CONFIG_FIELDS = ("Cmd", "Entrypoint", "Env", "Labels", "WorkingDir", "User", "ExposedPorts", "Volumes")

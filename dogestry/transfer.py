@@ -370,7 +370,7 @@ def engine_copy(engine, image, repo=None):
         found = engine.inspect(candidate)
         if found is not None:
             if found.diff_ids != image.diff_ids or (engine.uses_containerd_store()
-                                                     and found.id not in engine.image_ids()):
+                                                     and not engine.lists(found.id)):
                 # The containerd store lacks the content of a layer whose snapshot it had
                 # when the image was pulled (a plain `docker pull`, moby/moby#49473): Docker
                 # 26 hides it from listings, Docker 28 lists it with an empty inspect. It
