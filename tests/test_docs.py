@@ -46,6 +46,8 @@ def test_aliases_run_their_command_and_are_named_on_its_page():
 def test_every_page_has_the_standard_sections():
     for name in _subparsers():
         text = _text(f"dogestry-{name}.1")
+        # man(1) and `dogestry help` show the .TH title: it must be the page's own name
+        assert text.startswith(f".TH DOGESTRY-{name.upper()} 1 "), (name, text.split("\n", 1)[0])
         for section in ("NAME", "SYNOPSIS", "DESCRIPTION", "OPTIONS", "EXIT STATUS", "EXAMPLES", "SEE ALSO"):
             assert f".SH {section}" in text, (name, section)
 
