@@ -534,8 +534,10 @@ class Engine:
         try:
             return conn.getresponse()
         except _connection_errors() as err:
-            raise EngineError(f"Docker engine at {self.host} gave no answer to the load "
-                              f"({_one_line(repr(err))})") from None
+            # Seen when the engine's handler crashes on what it was given (Docker 20.10 on
+            # an image for plan9): its own log says why, not the closed connection.
+            raise EngineError(f"Docker engine at {self.host} gave no answer to the load: it closed the connection "
+                              f"({type(err).__name__}); the engine's log says why") from None
 
     def _messages(self, response, what):
         """The JSON messages of a progress stream, one per line, each line and the whole capped

@@ -23,6 +23,7 @@ from .digests import chain_ids, of_hash
 from .dockertar import NotATar, load_tar_chunks, read_save_stream
 from .errors import DogestryError, NotFound, UsageError
 from .image import Image
+from .jsontext import too_many_values
 from .operations import before_refs, lease, pending_lease
 from .pipeline import Stage
 # The containerd store's part of push and pull lives in pullthrough.py.
@@ -447,6 +448,33 @@ def merge_requests(items):
     return merged
 
 
+def _config_os(config):
+    """The operating system an image's config names, or None (absent, or not JSON we read)."""
+    if too_many_values(config):
+        return None
+    try:
+        found = json.loads(config)
+    except (ValueError, RecursionError):
+        return None
+    os_name = found.get("os") if isinstance(found, dict) else None
+    return os_name if isinstance(os_name, str) and os_name else None
+
+
+def _refuse_another_os(engine, image, tags):
+    """An image for another operating system, refused before anything is sent. Engines
+    differ: Docker 20.10 refuses a windows image and crashes its handler on plan9 (the
+    connection closes unanswered), and the containerd store takes either silently, an
+    image no container can run from. The engine is asked only for such a rare image."""
+    os_name = _config_os(image.config)
+    if os_name in (None, "linux"):
+        return
+    engine_os = engine.info().get("OSType")
+    if isinstance(engine_os, str) and engine_os and engine_os != os_name:
+        label = str(tags[0]) if tags else image.id
+        raise DogestryError(f"image {label} is for {os_name[:40]!r}, and the Docker engine at {engine.host} "
+                            f"runs {engine_os[:40]!r} images: it cannot load it")
+
+
 def plan_load(ctx, repo, items, missing_in_docker=True):
     """Decide what to send for [(image_id, [Ref])]; with missing_in_docker only what the
     engine lacks (asking ctx.engine), else everything."""
@@ -461,6 +489,7 @@ def plan_load(ctx, repo, items, missing_in_docker=True):
                 ctx.detail(f"skipped image {image_id}: the engine has it")
                 plan.to_tag.append((present, tags))
                 continue
+            _refuse_another_os(engine, image, tags)
             if chains is None and not engine.uses_containerd_store():
                 chains = engine.layer_chains()  # only once an image is missing: costs a listing
             wanted = missing_layers(engine, image, chains)

@@ -784,3 +784,44 @@ def test_a_pull_that_fails_on_its_second_image_leaves_every_engine_as_it_was(mad
     results = [json.loads(line) for line in proc.stdout.decode().splitlines()]
     assert [r["status"] for r in results] == ["failed"] * 4 and all(bad in r["error"] for r in results), results
     assert {eng.name: sorted(eng.tags()) for eng in engines} == before
+
+
+def test_an_image_for_another_operating_system_is_refused_by_every_engine(made, tmp_path):
+    """A repository may hold images built for Windows (or anything else) by another host.
+    The engines disagree about them: Docker 20.10 refuses a windows image, and its handler
+    crashes on plan9 (the connection closes unanswered); the containerd store takes both,
+    images no container can run from. Every engine, alone or in one fleet pull, gets the
+    same one-line refusal naming the image and the system, and nothing is loaded."""
+    layer = _tar([("Files", "dir", None), ("Files/hello.txt", "file", UNIQUE.encode())])
+    diff_id = _sha(layer)
+    repo = str(tmp_path / "repo")
+    tags = []
+    for os_name in ("windows", "plan9"):
+        config = json.dumps({"architecture": "amd64", "os": os_name, "config": {"Cmd": ["cmd"]},
+                             "rootfs": {"type": "layers", "diff_ids": [diff_id]}}).encode()
+        tag = f"pairs-os-{UNIQUE}/{os_name}:1"
+        out = io.BytesIO()
+        with tarfile.open(fileobj=out, mode="w") as tar:
+            for name, data in ((f"{diff_id[7:]}/layer.tar", layer), (f"{_sha(config)[7:]}.json", config),
+                               ("manifest.json", json.dumps([{"Config": f"{_sha(config)[7:]}.json", "RepoTags": [tag],
+                                                              "Layers": [f"{diff_id[7:]}/layer.tar"]}]).encode())):
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+        saved = dogestry("save-to-repo", "--input", "-", repo, input=out.getvalue()).stdout.decode().split()[0]
+        dogestry("update-ref", repo, tag, saved)
+        tags.append((os_name, tag))
+    for name in ALL:
+        dst = made[name].eng
+        before = sorted(dst.tags())
+        for os_name, tag in tags:
+            proc = dogestry("pull", repo, tag, env=dst.env(), check=False)
+            err = proc.stderr.decode()
+            assert proc.returncode == 1 and err.startswith("dogestry: ") and err.count("\n") == 1, (name, err)
+            assert tag in err and repr(os_name) in err and "cannot load it" in err, (name, err)
+        assert sorted(dst.tags()) == before, name
+    engines = [made[name].eng for name in ALL]
+    proc = dogestry("pull", "--json", "--pullhosts", ",".join(e.host for e in engines), repo, tags[1][1], check=False)
+    results = [json.loads(line) for line in proc.stdout.decode().splitlines()]
+    assert proc.returncode == 1 and [r["status"] for r in results] == ["failed"] * 4, results
+    assert all("'plan9'" in r["error"] for r in results), results
