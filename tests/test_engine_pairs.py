@@ -277,8 +277,9 @@ def _held(dst, src):
     earlier pulls. The containerd store keeps layer content by digest, whatever is below:
     what dogestry loaded or served (blobs named by diffID) serves any image that has it."""
     # top-level images: an intermediate's layers are its child's, and Docker 28's containerd
-    # store lists intermediates slowly
-    images = [dst.layers(image["Id"]) for image in dst.api.images()]
+    # store lists intermediates slowly. An image whose content is incomplete (moby/moby#49473,
+    # left on a long-lived host) inspects without layers and holds none.
+    images = [(dst.inspect(image["Id"]) or {}).get("RootFS", {}).get("Layers") or [] for image in dst.api.images()]
     if dst.containerd:
         return {layer for layers in images for layer in layers}
     chains = {c for layers in images for c in _chains(layers)}
