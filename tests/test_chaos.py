@@ -334,16 +334,24 @@ def killed(args, env, rng):
         how = rng.choice(KILL_POINTS[command])
         return run(args, dict(env, DOGESTRY_TEST_CRASH=how)), how
     delay = rng.uniform(0.05, 1.5)
-    proc = subprocess.Popen([sys.executable, BIN, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # A TMPDIR of its own, removed after: Python's first tempfile.gettempdir() probes the
+    # directory with a file of 8 random characters (written, then unlinked), and a kill -9
+    # between the two leaves that file behind (seen once as "ix44r_98" in the suite's TMPDIR).
+    private_tmp = tempfile.mkdtemp(prefix="dogestry-chaos-killed-")
+    proc = subprocess.Popen([sys.executable, BIN, *args], env=dict(env, TMPDIR=private_tmp), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
     try:
-        proc.wait(timeout=delay)
-    except subprocess.TimeoutExpired:
-        proc.send_signal(signal.SIGKILL)
-    try:
-        out, err = proc.communicate(timeout=TIMEOUT)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        pytest.fail(f"dogestry {' '.join(args)} did not end within {TIMEOUT}s of its kill")
+        try:
+            proc.wait(timeout=delay)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGKILL)
+        try:
+            out, err = proc.communicate(timeout=TIMEOUT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            pytest.fail(f"dogestry {' '.join(args)} did not end within {TIMEOUT}s of its kill")
+    finally:
+        shutil.rmtree(private_tmp, ignore_errors=True)
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err), f"after {delay:.2f}s"
 
 
