@@ -285,7 +285,6 @@ SCHEDULES = [("local", 11, True), ("local", 12, False), ("seaweed", 13, False), 
 def test_a_random_schedule_of_racing_commands_keeps_every_invariant(imgs, tmp_path, kind, seed, lock):
     env = imgs.engine.env()
     r, mirror = Remote(kind, tmp_path, env), Remote(kind, tmp_path, env)
-    u = imgs.u
     # Start from the images pushed and p pinned.
     assert run(["push", r.url, *imgs.names.values()], r.env).returncode == 0
     assert run(["sync-objects", "--image", imgs.ids["p"], r.url, mirror.url], r.env).returncode == 0
