@@ -21,9 +21,8 @@ import json
 
 from .digests import chain_ids, of_hash
 from .dockertar import NotATar, load_tar_chunks, read_save_stream
-from .errors import DogestryError, NotFound, UsageError
-from .image import Image
-from .jsontext import too_many_values
+from .errors import CorruptObject, DogestryError, NotFound, UsageError
+from .image import Image, parse_json
 from .operations import before_refs, lease, pending_lease
 from .pipeline import Stage
 # The containerd store's part of push and pull lives in pullthrough.py.
@@ -450,11 +449,9 @@ def merge_requests(items):
 
 def _config_os(config):
     """The operating system an image's config names, or None (absent, or not JSON we read)."""
-    if too_many_values(config):
-        return None
     try:
-        found = json.loads(config)
-    except (ValueError, RecursionError):
+        found = parse_json(config, "the config", "JSON")
+    except CorruptObject:
         return None
     os_name = found.get("os") if isinstance(found, dict) else None
     return os_name if isinstance(os_name, str) and os_name else None
